@@ -1,0 +1,31 @@
+# normlab set-up: every target creates .venv and installs what it needs, pinned.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The shared MNIST beside the checkout, when there is one; otherwise normlab's default data dir.
+SHARED_DATA := $(abspath ../shared/data)
+export NORMLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist.npz),$(SHARED_DATA),)
+# Two cores here: torch uses both unless told otherwise.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.stamp: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.stamp
+
+demo: setup
+	$(PY) -m normlab.cli demo
+
+test: setup
+	$(PY) -m pytest -n 2 tests
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,167 @@
+"""The one normalization core every normlab layer goes through.
+
+    xhat = (x - mean_S(x)) / s,   s = sqrt(var_S(x) + eps)          (Ioffe & Szegedy Alg. 1; Wu & He Eq. 1)
+
+where S is a set of axes chosen by the layer (BN: batch + spatial; LN: features; IN: spatial; GN: a reshaped group axis).
+The scale s generalises to Lp norms (Santurkar et al. Sec. 3.3): s = (mean_S |x - mean|^p + eps)^(1/p) for p in {1, 2},
+s = max_S |x - mean| + eps for p = inf. The backward is written by hand (docs/backward.md):
+
+    dx = (1/s) * (g - sum(g)/m - sum(g * xhat) * (w - mean(w))),   w = ds/dc with c = x - mean, scaled by s
+
+with w = xhat/m for p = 2 (then mean(w) = 0 and this is the familiar BN backward), sign(xhat)/m for p = 1 and a one-hot
+sign at the arg-max for p = inf. The two cross-sample reductions sum(g) and sum(g * xhat) are the only ones SyncBN must
+all-reduce. The backward is itself built from differentiable torch ops, so double backward (Hessian-vector products) works.
+
+Imports torch only.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+Dims = tuple[int, ...]
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------- checks shared by layers
+def check_float(x: torch.Tensor, name: str = "input") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+
+
+def check_eps(eps: float) -> float:
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: expected a positive finite float, got {eps!r}")
+    return float(eps)
+
+
+def check_p(p: float) -> float:
+    if p not in (1, 2, math.inf):
+        raise ValueError(f"p: expected 1, 2 or math.inf, got {p!r}")
+    return float(p)
+
+
+def count(x: torch.Tensor, dims: Dims) -> int:
+    """Number of values each statistic is taken over (m in the papers)."""
+    return math.prod(x.shape[d] for d in dims)
+
+
+# --------------------------------------------------------------------------------------------------------- statistics
+def statistics(x: torch.Tensor, dims: Dims, p: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, dispersion) over `dims`, keepdim. Dispersion: biased variance (p=2), mean |x-mean| (p=1), max (p=inf).
+
+    The variance is computed around the mean (Welford in torch.var_mean), so 1e4 + N(0, 1) in float32 keeps its digits.
+    """
+    if p == 2:
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        return mean, var
+    mean = x.mean(dim=dims, keepdim=True)
+    dev = (x - mean).abs()
+    disp = dev.mean(dim=dims, keepdim=True) if p == 1 else dev.amax(dim=dims, keepdim=True)
+    return mean, disp
+
+
+def scale_from(disp: torch.Tensor, eps: float, p: float = 2.0) -> torch.Tensor:
+    """s from the dispersion: sqrt(var + eps) for p = 2, disp + eps otherwise."""
+    return torch.sqrt(disp + eps) if p == 2 else disp + eps
+
+
+def _scale_weights(xhat: torch.Tensor, dims: Dims, m: int, p: float) -> torch.Tensor | None:
+    """w - mean(w) for p != 2 (ds/dc in units of 1/s); None for p = 2, where it is xhat/m."""
+    if p == 1:
+        w = torch.sign(xhat) / m
+    else:  # inf: the sub-gradient of max, shared evenly between ties as torch.amax does
+        a = xhat.abs()
+        mask = (a == a.amax(dim=dims, keepdim=True)).to(xhat.dtype)
+        w = torch.sign(xhat) * mask / mask.sum(dim=dims, keepdim=True)
+    return w - w.mean(dim=dims, keepdim=True)
+
+
+def backward_from_sums(g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, sum_g: torch.Tensor,
+                       sum_gx: torch.Tensor, m: int, p: float = 2.0, w: torch.Tensor | None = None) -> torch.Tensor:
+    """dL/dx from dL/dxhat = g and the two reductions sum(g), sum(g * xhat) over the m values of each statistic.
+
+    SyncBN passes globally all-reduced sums and the global m; everything else is local and elementwise.
+    """
+    if p == 2:
+        return (g - sum_g / m - xhat * (sum_gx / m)) / s
+    return (g - sum_g / m - sum_gx * w) / s
+
+
+def _backward(g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, dims: Dims, p: float) -> torch.Tensor:
+    m = count(g, dims)
+    sum_g = g.sum(dim=dims, keepdim=True)
+    sum_gx = (g * xhat).sum(dim=dims, keepdim=True)
+    w = None if p == 2 else _scale_weights(xhat, dims, m, p)
+    return backward_from_sums(g, xhat, s, sum_g, sum_gx, m, p, w)
+
+
+class NormalizeFn(torch.autograd.Function):
+    """xhat, mean, dispersion = NormalizeFn.apply(x, dims, eps, p). Only xhat carries a gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: Dims, eps: float, p: float):
+        x32 = x.float() if x.dtype in _LOW_PRECISION else x
+        mean, disp = statistics(x32, dims, p)
+        s = scale_from(disp, eps, p)
+        xhat = ((x32 - mean) / s).to(x.dtype)
+        ctx.save_for_backward(x, mean, s)
+        ctx.dims, ctx.eps, ctx.p = dims, eps, p
+        ctx.mark_non_differentiable(mean, disp)
+        return xhat, mean, disp
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _gmean, _gdisp):
+        x, mean, s = ctx.saved_tensors
+        dims, p = ctx.dims, ctx.p
+        x32 = x.float() if x.dtype in _LOW_PRECISION else x
+        g32 = g.float() if g.dtype in _LOW_PRECISION else g
+        if torch.is_grad_enabled():
+            # double backward: rebuild xhat and s from x with differentiable ops, then the same formula
+            mean, disp = statistics(x32, dims, p)
+            s = scale_from(disp, ctx.eps, p)
+        xhat = (x32 - mean) / s
+        dx = _backward(g32, xhat, s, dims, p)
+        return dx.to(x.dtype), None, None, None
+
+
+def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5, p: float = 2.0):
+    """Training transform: normalize x by its own statistics over `dims`.
+
+    Returns (xhat, mean, dispersion); mean/dispersion keep dims, are float32 for half inputs and carry no gradient.
+    """
+    return NormalizeFn.apply(x, tuple(dims), eps, p)
+
+
+def normalize_with(x: torch.Tensor, mean: torch.Tensor, disp: torch.Tensor, eps: float = 1e-5,
+                   p: float = 2.0) -> torch.Tensor:
+    """Inference transform (Alg. 2): normalize with given statistics, broadcastable to x. No cross-sample terms."""
+    x32 = x.float() if x.dtype in _LOW_PRECISION else x
+    inv = 1.0 / scale_from(disp.to(x32.dtype), eps, p)
+    return ((x32 - mean.to(x32.dtype)) * inv).to(x.dtype)
+
+
+def affine(xhat: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+           shape: Sequence[int]) -> torch.Tensor:
+    """y = gamma * xhat + beta, with gamma/beta viewed as `shape` for broadcasting; returns xhat's dtype."""
+    if weight is None and bias is None:
+        return xhat
+    dtype = xhat.dtype
+    if weight is not None and bias is not None:
+        y = torch.addcmul(bias.view(shape), xhat, weight.view(shape))
+    elif weight is not None:
+        y = xhat * weight.view(shape)
+    else:
+        y = xhat + bias.view(shape)
+    return y.to(dtype)
+
+
+def channel_shape(ndim: int, channel_dim: int = 1) -> list[int]:
+    """[1, C-placeholder, 1, ...]: the view that broadcasts a per-channel vector over an ndim tensor."""
+    shape = [1] * ndim
+    shape[channel_dim] = -1
+    return shape
