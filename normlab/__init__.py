@@ -6,8 +6,14 @@ the instruments of Santurkar et al. (2018), and the experiments of the papers.
 from . import core, reference
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
                      InstanceNorm3d, LayerNorm, norm_layer)
-from .tools import convert
+from .layers import FrozenBatchNorm, SyncBatchNorm
+from .layers import (BatchRenorm1d, BatchRenorm2d, GhostBatchNorm1d, GhostBatchNorm2d, LpBatchNorm1d, LpBatchNorm2d,
+                     NoisyBatchNorm1d, NoisyBatchNorm2d, WSConv2d)
+from .tools import convert, convert_sync_batchnorm, freeze, fuse_bn, precise_bn
 
 __version__ = "0.1.0"
-__all__ = ["core", "reference", "convert", "norm_layer", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm",
-           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+__all__ = ["core", "reference", "convert", "convert_sync_batchnorm", "freeze", "fuse_bn", "precise_bn",
+           "SyncBatchNorm", "FrozenBatchNorm", "norm_layer", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+           "NoisyBatchNorm1d", "NoisyBatchNorm2d", "LpBatchNorm1d", "LpBatchNorm2d", "BatchRenorm1d", "BatchRenorm2d",
+           "GhostBatchNorm1d", "GhostBatchNorm2d", "WSConv2d"]

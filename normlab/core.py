@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from . import fast as _fast
+
 Dims = tuple[int, ...]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -43,6 +45,14 @@ def check_p(p: float) -> float:
     if p not in (1, 2, math.inf):
         raise ValueError(f"p: expected 1, 2 or math.inf, got {p!r}")
     return float(p)
+
+
+def check_dims(x: torch.Tensor, dims: Sequence[int]) -> Dims:
+    """dims as a tuple of distinct non-negative axes of x; an empty set would make torch reduce over everything."""
+    out = tuple(int(d) + x.dim() if int(d) < 0 else int(d) for d in dims)
+    if not out or len(set(out)) != len(out) or not all(0 <= d < x.dim() for d in out):
+        raise ValueError(f"dims: expected a non-empty set of distinct axes of a {x.dim()}D input, got {tuple(dims)!r}")
+    return out
 
 
 def count(x: torch.Tensor, dims: Dims) -> int:
@@ -101,10 +111,22 @@ def _backward(g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, dims: Dims, 
 
 
 class NormalizeFn(torch.autograd.Function):
-    """xhat, mean, dispersion = NormalizeFn.apply(x, dims, eps, p). Only xhat carries a gradient."""
+    """xhat, mean, dispersion = NormalizeFn.apply(x, dims, eps, p). Only xhat carries a gradient.
+
+    With a fast-path plan (normlab.fast.plan) the kernels run instead, and with weight/bias/shape as well the output
+    is affine(xhat, weight, bias, shape) from one fused kernel; its double backward takes the eager formulas.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dims: Dims, eps: float, p: float):
+    def forward(ctx, x: torch.Tensor, dims: Dims, eps: float, p: float, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, shape: tuple[int, ...] | None = None, plan=None):
+        ctx.plan, ctx.shape = plan, shape
+        if plan is not None:
+            y, mean, disp, rstd = _fast.forward(plan, x, weight, bias, eps)
+            ctx.save_for_backward(x, mean, rstd, weight, bias)
+            ctx.dims, ctx.eps, ctx.p = dims, eps, p
+            ctx.mark_non_differentiable(mean, disp)
+            return y, mean, disp
         x32 = x.float() if x.dtype in _LOW_PRECISION else x
         mean, disp = statistics(x32, dims, p)
         s = scale_from(disp, eps, p)
@@ -116,6 +138,8 @@ class NormalizeFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor, _gmean, _gdisp):
+        if ctx.plan is not None:
+            return _fast_backward(ctx, g)
         x, mean, s = ctx.saved_tensors
         dims, p = ctx.dims, ctx.p
         x32 = x.float() if x.dtype in _LOW_PRECISION else x
@@ -126,7 +150,25 @@ class NormalizeFn(torch.autograd.Function):
             s = scale_from(disp, ctx.eps, p)
         xhat = (x32 - mean) / s
         dx = _backward(g32, xhat, s, dims, p)
-        return dx.to(x.dtype), None, None, None
+        return dx.to(x.dtype), None, None, None, None, None, None, None
+
+
+def _fast_backward(ctx, g: torch.Tensor):
+    """Backward of a fast-path forward: the kernel for first order, the eager formulas when a graph is built."""
+    x, mean, rstd, weight, bias = ctx.saved_tensors
+    if not torch.is_grad_enabled():
+        dx, dw, db = _fast.backward(ctx.plan, g, x, mean, rstd, weight, bias)
+    else:   # double backward: xhat and s rebuilt from x with differentiable ops, as in NormalizeFn.backward
+        dims, p = ctx.dims, ctx.p
+        mean, disp = statistics(x, dims, p)
+        s = scale_from(disp, ctx.eps, p)
+        xhat = (x - mean) / s
+        ref = weight if weight is not None else bias
+        wshape = ref.view(ctx.shape).shape if ref is not None else None
+        dx = _backward(g if weight is None else g * weight.view(ctx.shape), xhat, s, dims, p)
+        dw = None if weight is None else (g * xhat).sum_to_size(wshape).view_as(weight)
+        db = None if bias is None else g.sum_to_size(wshape).view_as(bias)
+    return dx, None, None, None, dw, db, None, None
 
 
 def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5, p: float = 2.0):
@@ -134,7 +176,26 @@ def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5, p: float 
 
     Returns (xhat, mean, dispersion); mean/dispersion keep dims, are float32 for half inputs and carry no gradient.
     """
-    return NormalizeFn.apply(x, tuple(dims), eps, p)
+    check_float(x)
+    dims, eps, p = check_dims(x, dims), check_eps(eps), check_p(p)
+    return NormalizeFn.apply(x, dims, eps, p, None, None, None, _fast.plan(x, dims, p))
+
+
+def normalize_affine(x: torch.Tensor, dims: Sequence[int], eps: float, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, shape: Sequence[int], p: float = 2.0):
+    """affine(normalize(x, dims, eps, p)[0], weight, bias, shape) -> (y, mean, dispersion).
+
+    The same transform as the two calls; on the fast path (normlab.fast) it is one fused kernel each way.
+    """
+    if weight is None and bias is None:
+        return normalize(x, dims, eps, p)
+    check_float(x)
+    dims, eps, p = check_dims(x, dims), check_eps(eps), check_p(p)
+    plan = _fast.plan(x, dims, p, weight, bias, tuple(shape))
+    if plan is None:
+        xhat, mean, disp = normalize(x, dims, eps, p)
+        return affine(xhat, weight, bias, shape), mean, disp
+    return NormalizeFn.apply(x, dims, eps, p, weight, bias, tuple(shape), plan)
 
 
 def normalize_with(x: torch.Tensor, mean: torch.Tensor, disp: torch.Tensor, eps: float = 1e-5,

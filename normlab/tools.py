@@ -1,4 +1,11 @@
-"""Model-level utilities on the layers: swapping torch.nn norm layers for normlab's and back."""
+"""Model-level utilities on the layers (docs/tools.md).
+
+convert                  swap torch.nn norm layers for normlab's twins and back
+convert_sync_batchnorm   BatchNorm*d -> normlab SyncBatchNorm (statistics over a torch.distributed group)
+precise_bn               recompute BN population statistics over many samples, weights frozen (Wu & Johnson 2021)
+freeze                   BN -> FrozenBatchNorm (fixed affine map with the running statistics) for fine-tuning
+fuse_bn                  fold eval-mode BN into the Conv/ConvTranspose/Linear layer before it
+"""
 from __future__ import annotations
 
 import copy
@@ -6,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from . import layers
+from . import core, layers
 
 # torch.nn class -> normlab class; constructor arguments are the same on both sides.
 TWINS: dict[type[nn.Module], type[nn.Module]] = {
@@ -18,18 +25,27 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.InstanceNorm1d: layers.InstanceNorm1d,
     nn.InstanceNorm2d: layers.InstanceNorm2d,
     nn.InstanceNorm3d: layers.InstanceNorm3d,
+    nn.SyncBatchNorm: layers.SyncBatchNorm,
 }
 
 
 def _init_args(module: nn.Module) -> dict:
     if isinstance(module, (nn.GroupNorm, layers.GroupNorm)):
-        return dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps,
+        args = dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps,
                     affine=module.affine)
+        if module.affine and module.bias is None:   # only then: older torch has no bias argument
+            args["bias"] = False
+        return args
     if isinstance(module, (nn.LayerNorm, layers.LayerNorm)):
         return dict(normalized_shape=module.normalized_shape, eps=module.eps,
                     elementwise_affine=module.elementwise_affine, bias=module.bias is not None)
-    return dict(num_features=module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+    args = dict(num_features=module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
                 track_running_stats=module.track_running_stats)
+    if isinstance(module, (nn.SyncBatchNorm, layers.SyncBatchNorm)):
+        args["process_group"] = module.process_group
+    if module.affine and module.bias is None:   # BN(bias=False): a learned scale without a shift
+        args["bias"] = False
+    return args
 
 
 def _swap(module: nn.Module, table: dict) -> nn.Module:
@@ -42,6 +58,8 @@ def _swap(module: nn.Module, table: dict) -> nn.Module:
     factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None and ref.is_floating_point() else {}
     new = cls(**_init_args(module), **factory)
     new.load_state_dict(module.state_dict())
+    for name, param in new.named_parameters(recurse=False):
+        param.requires_grad_(getattr(module, name).requires_grad)
     new.train(module.training)
     return new
 
@@ -49,10 +67,289 @@ def _swap(module: nn.Module, table: dict) -> nn.Module:
 def convert(model: nn.Module, to: str = "normlab", inplace: bool = False) -> nn.Module:
     """Swap every torch.nn norm layer of `model` for its normlab twin (to="normlab") or back (to="torch").
 
-    Weights, buffers and train/eval mode are kept; the model is copied first unless inplace=True.
+    Weights, buffers, requires_grad and train/eval mode are kept; the model is copied first unless inplace=True.
+    Only exact classes are swapped (normlab's variants such as Lp or Ghost BN have no torch twin and stay).
     """
     if to not in ("normlab", "torch"):
         raise ValueError(f"to: expected 'normlab' or 'torch', got {to!r}")
     table = TWINS if to == "normlab" else {v: k for k, v in TWINS.items()}
     model = model if inplace else copy.deepcopy(model)
     return _swap(model, table)
+
+
+# ------------------------------------------------------------------------------------------------------ shared helpers
+_TORCH_BN = nn.modules.batchnorm._BatchNorm
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+_SYNCABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+             layers.BatchNorm1d, layers.BatchNorm2d, layers.BatchNorm3d)
+
+
+def _is_bn(module: nn.Module) -> bool:
+    """A batch-statistics BN of torch or normlab (variants included; not Frozen, not InstanceNorm)."""
+    return isinstance(module, (_TORCH_BN, layers.batchnorm._BatchNorm))
+
+
+def _replace(module: nn.Module, fn, prefix: str = "") -> nn.Module:
+    """Depth-first: fn(name, m) returns a replacement or None (then recurse into m's children)."""
+    new = fn(prefix, module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, _replace(child, fn, f"{prefix}.{name}" if prefix else name))
+    return module
+
+
+def _name(name: str) -> str:
+    return repr(name) if name else "the model itself"
+
+
+def _eval_affine(name: str, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), float64 (C,): the eval transform of `bn` as y = a * x + b. Raises where BN has no such transform."""
+    if isinstance(bn, layers.FrozenBatchNorm):
+        a, b = bn.scale_shift()
+        return a.double(), b.double()
+    if bn.training:
+        raise ValueError(f"{_name(name)}: BN in training mode normalizes with batch statistics; call model.eval() "
+                         f"first so it uses its running statistics")
+    if bn.running_mean is None:
+        raise ValueError(f"{_name(name)}: BN has no running statistics (track_running_stats=False), so its eval "
+                         f"output depends on the batch and is not a fixed affine map")
+    # Lp BN (p in {1, inf}) keeps its running dispersion in running_var and is affine at eval too
+    a = 1.0 / core.scale_from(bn.running_var.double(), bn.eps, getattr(bn, "p", 2.0))
+    if bn.weight is not None:
+        a = a * bn.weight.detach().double()
+    b = -bn.running_mean.double() * a
+    if bn.bias is not None:
+        b = b + bn.bias.detach().double()
+    return a, b
+
+
+# ------------------------------------------------------------------------------------------------------------ SyncBN
+def convert_sync_batchnorm(model: nn.Module, process_group=None, inplace: bool = False) -> nn.Module:
+    """Swap every BatchNorm1d/2d/3d and nn.SyncBatchNorm (torch or normlab) for normlab SyncBatchNorm.
+
+    Like torch.nn.SyncBatchNorm.convert_sync_batchnorm: weights, buffers, requires_grad and train/eval mode are kept.
+    BN variants (renorm, ghost, noisy, Lp) are left alone. The model is copied first unless inplace=True.
+    """
+    def swap(_name: str, m: nn.Module) -> nn.Module | None:
+        if type(m) not in _SYNCABLE:
+            return None
+        ref = m.running_mean if m.running_mean is not None else m.weight
+        factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        new = layers.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                   process_group, **factory, bias=m.bias is not None or not m.affine)
+        new.load_state_dict(m.state_dict())
+        for p, q in ((new.weight, m.weight), (new.bias, m.bias)):
+            if p is not None:
+                p.requires_grad_(q.requires_grad)
+        return new.train(m.training)
+
+    return _replace(model if inplace else copy.deepcopy(model), swap)
+
+
+# --------------------------------------------------------------------------------------------------------- PreciseBN
+def _first_tensor(batch) -> torch.Tensor:
+    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) > 0 else batch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"data: expected batches that are tensors or (x, ...) tuples/lists, got {type(batch).__name__}")
+    return x
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, data, num_samples: int, estimator: str = "pooled") -> int:
+    """Recompute every BN's running_mean / running_var from at least `num_samples` samples of `data`.
+
+    Definition (Wu & Johnson 2021, as fvcore's update_bn_stats): the model runs forward with weights frozen, every BN
+    in train mode (so each BN normalizes with its batch statistics and later BN layers see train-mode features), all
+    other modules in eval mode. For each BN, with n_b values per channel, mean_b and biased var_b of its input in
+    batch b (n_b = N_b x spatial), n = sum_b n_b:
+      estimator="pooled" (default): the exact statistics of every value seen, mean = sum_b n_b mean_b / n and
+          var = (sum_b n_b var_b + sum_b n_b (mean_b - mean)^2) / (n - 1)   (unbiased; combined as Chan et al.);
+      estimator="batch-average": mean as above, var = sum_b n_b * var_b * n_b / (n_b - 1) / n, the n_b-weighted
+          average of the unbiased batch variances (fvcore's equal-weight average when batches are equal-sized).
+    data: an iterable of tensors or of (x, ...) tuples; whole batches are used until num_samples samples (dim 0) are
+    seen. Parameters, num_batches_tracked and every module's train/eval mode are unchanged afterwards; on an error the
+    running statistics are restored too. Returns the number of samples used. Per process (no all-reduce for SyncBN).
+    """
+    if isinstance(num_samples, bool) or not (isinstance(num_samples, int) and num_samples > 0):
+        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    if estimator not in ("pooled", "batch-average"):
+        raise ValueError(f"estimator: expected 'pooled' or 'batch-average', got {estimator!r}")
+    bns = [m for m in model.modules() if _is_bn(m) and m.running_mean is not None]
+    if not bns:
+        raise ValueError("model: no BatchNorm layer with running statistics to recompute")
+    lp = [type(m).__name__ for m in bns if getattr(m, "p", 2) != 2]
+    if lp:
+        raise ValueError(f"model: precise_bn recomputes mean and variance; Lp BN layers with p != 2 ({', '.join(lp)}) "
+                         f"keep another dispersion in running_var")
+    modes = {m: m.training for m in model.modules()}
+    saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns}
+    acc: dict[nn.Module, list] = {m: [0, 0.0, 0.0, 0.0] for m in bns}   # n, sum n_b mean_b, M2 (pooled), sum var
+
+    def record(bn: nn.Module, args) -> None:
+        x = args[0]
+        dims = (0, *range(2, x.dim()))
+        nb = core.count(x, dims)
+        if nb == 0:
+            return
+        mean_b, var_b = (t.flatten() for t in core.statistics(x.double(), dims))
+        a = acc[bn]
+        n, mean = a[0], (a[1] / a[0] if a[0] else 0.0)
+        # Chan et al.: M2 of the union = M2 + M2_b + (mean_b - mean)^2 n nb / (n + nb)
+        a[2] = a[2] + nb * var_b + (mean_b - mean) ** 2 * (n * nb / (n + nb))
+        a[3] = a[3] + nb * var_b * (nb / (nb - 1) if nb > 1 else 1.0)
+        a[0], a[1] = n + nb, a[1] + nb * mean_b
+
+    handles = [m.register_forward_pre_hook(record) for m in bns]
+    device = next(iter(model.parameters()), bns[0].running_mean).device
+    seen = 0
+    try:
+        model.eval()
+        for m in bns:
+            m.train()
+        for batch in data:
+            x = _first_tensor(batch)
+            model(x.to(device))
+            seen += x.shape[0]
+            if seen >= num_samples:
+                break
+        if seen < num_samples:
+            raise ValueError(f"num_samples: asked for {num_samples} samples but data gave only {seen}")
+        for m in bns:
+            n, total, m2, var_sum = acc[m]
+            if n < 2:
+                raise ValueError(f"data: a BN layer saw {n} value(s) per channel; need at least 2")
+            var = m2 / (n - 1) if estimator == "pooled" else var_sum / n
+            m.running_mean.copy_(total / n)
+            m.running_var.copy_(var)
+    except BaseException:
+        for m, (mean, var, _) in saved.items():
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        for m, (_, _, nbt) in saved.items():
+            m.num_batches_tracked.copy_(nbt)
+        for m, training in modes.items():
+            m.training = training
+    return seen
+
+
+# -------------------------------------------------------------------------------------------------------- Frozen BN
+def freeze(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Replace every BN (torch or normlab, SyncBN included) by a FrozenBatchNorm holding its running statistics.
+
+    The frozen layer computes the BN's eval output in train and eval mode alike and has no parameters (gamma, beta
+    become buffers), so fine-tuning moves only the other layers. The model is copied first unless inplace=True.
+    """
+    def swap(name: str, m: nn.Module) -> nn.Module | None:
+        if not _is_bn(m):
+            return None
+        if m.running_mean is None:
+            raise ValueError(f"{_name(name)}: BN has no running statistics (track_running_stats=False); "
+                             f"nothing to freeze")
+        if getattr(m, "p", 2) != 2:
+            raise ValueError(f"{_name(name)}: Lp BN with p={m.p} has no frozen BN equivalent (only p=2)")
+        ranks = getattr(m, "_ranks", None)
+        cls = {(2, 3): layers.FrozenBatchNorm1d, (4,): layers.FrozenBatchNorm2d,
+               (5,): layers.FrozenBatchNorm3d}.get(ranks, layers.FrozenBatchNorm)
+        for torch_cls, frozen in ((nn.BatchNorm1d, layers.FrozenBatchNorm1d),
+                                  (nn.BatchNorm2d, layers.FrozenBatchNorm2d),
+                                  (nn.BatchNorm3d, layers.FrozenBatchNorm3d)):
+            if isinstance(m, torch_cls):
+                cls = frozen
+        ref = m.running_mean
+        new = cls(m.num_features, m.eps, m.affine, device=ref.device, dtype=ref.dtype,
+                  bias=m.bias is not None or not m.affine)
+        new.running_mean.copy_(m.running_mean)
+        new.running_var.copy_(m.running_var)
+        for p, q in ((new.weight, m.weight), (new.bias, m.bias)):
+            if p is not None:
+                p.copy_(q.detach())
+        return new.train(m.training)
+
+    with torch.no_grad():
+        return _replace(model if inplace else copy.deepcopy(model), swap)
+
+
+# ------------------------------------------------------------------------------------------------------- BN folding
+def _fold(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+    """layer <- a * layer + b per output channel: W' = W a (out-channel axis), b' = b0 a + b (b0 = 0 if no bias)."""
+    w = layer.weight
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        # weight (in, out / groups, *k): output channel o = group * (out / groups) + j sits at [group rows, j]
+        g = layer.groups
+        wg = w.detach().double().reshape(g, w.shape[0] // g, *w.shape[1:])
+        new_w = (wg * a.view(g, 1, -1, *[1] * (w.dim() - 2))).reshape(w.shape)
+    else:  # Conv (out, in / groups, *k) and Linear (out, in): output channels on dim 0
+        new_w = w.detach().double() * a.view(-1, *[1] * (w.dim() - 1))
+    b0 = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(a)
+    with torch.no_grad():
+        w.copy_(new_w.to(w.dtype))
+        if layer.bias is None:
+            layer.bias = nn.Parameter((b0 * a + b).to(device=w.device, dtype=w.dtype))
+        else:
+            layer.bias.copy_((b0 * a + b).to(layer.bias.dtype))
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def fuse_bn(model: nn.Module, strict: bool = True, pairs: list[tuple[str, str]] | None = None) -> nn.Module:
+    """A copy of `model` with every eval-mode BN folded into the layer that produces its input; the BN becomes
+    nn.Identity. At eval, BN(layer(x)) = a * layer(x) + b per channel (Ioffe & Szegedy Sec. 3.1) with
+    a = gamma / sqrt(running_var + eps), b = beta - running_mean * a, so W' = a W along the output-channel axis
+    (dim 0 for Conv and Linear, dim 1 within each group for ConvTranspose) and b' = a b0 + b.
+
+    "Follows" means: the BN comes right after a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear (exact classes, so
+    subclasses with their own forward such as weight-standardized convs are never folded) in the same nn.Sequential,
+    or the pair is named in `pairs` as (layer_name, bn_name) from model.named_modules() (for blocks that call
+    self.conv then self.bn in forward; you vouch that nothing else reads the layer's output). Linear -> BN assumes
+    (N, features) input. BN here: torch or normlab BatchNorm*d / SyncBatchNorm, the normlab variants (whose eval
+    transform is BN's; Lp BN with a = gamma / (running dispersion + eps) for p in {1, inf}), and FrozenBatchNorm.
+
+    Raises ValueError for a BN in training mode or without running statistics, and (strict=True, the default) for a
+    BN that follows no foldable layer; strict=False leaves such BNs in place.
+    """
+    model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    is_norm = lambda m: _is_bn(m) or isinstance(m, layers.FrozenBatchNorm)   # noqa: E731
+    for name, m in modules.items():
+        if _is_bn(m) and m.training:
+            raise ValueError(f"{_name(name)}: BN in training mode normalizes with batch statistics; call "
+                             f"model.eval() before fuse_bn")
+    found: list[tuple[str, str]] = []
+    for seq_name, seq in modules.items():
+        if isinstance(seq, nn.Sequential):
+            kids = [(f"{seq_name}.{n}" if seq_name else n, m) for n, m in seq.named_children()]
+            for (ln, layer), (bn_name, bn) in zip(kids, kids[1:]):
+                if type(layer) in _FOLDABLE and is_norm(bn):
+                    found.append((ln, bn_name))
+    for ln, bn_name in pairs or []:
+        for n in (ln, bn_name):
+            if n not in modules:
+                raise ValueError(f"pairs: no module named {n!r} in the model")
+        if type(modules[ln]) not in _FOLDABLE or not is_norm(modules[bn_name]):
+            raise ValueError(f"pairs: ({ln!r}, {bn_name!r}) is not (Conv/ConvTranspose/Linear, BN): got "
+                             f"({type(modules[ln]).__name__}, {type(modules[bn_name]).__name__})")
+        if (ln, bn_name) not in found:
+            found.append((ln, bn_name))
+    folded = {bn_name for _, bn_name in found}
+    loose = [n for n, m in modules.items() if is_norm(m) and n not in folded]
+    if strict and loose:
+        raise ValueError(f"fuse_bn: BN layer(s) {', '.join(map(_name, loose))} do not directly follow a Conv, "
+                         f"ConvTranspose or Linear in an nn.Sequential (nor appear in pairs=); pass strict=False to "
+                         f"leave them unfused")
+    for ln, bn_name in found:
+        layer, bn = modules[ln], modules[bn_name]
+        if _out_channels(layer) != bn.num_features:
+            raise ValueError(f"{_name(bn_name)}: num_features={bn.num_features} but {ln!r} has "
+                             f"{_out_channels(layer)} output channels")
+        a, b = _eval_affine(bn_name, bn)
+        _fold(layer, a.to(layer.weight.device), b.to(layer.weight.device))
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+    return model

@@ -19,11 +19,12 @@ class _NormBase(nn.Module):
     kind = "per-channel"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, device=None, dtype=None) -> None:
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True) -> None:
         super().__init__()
         if not (isinstance(num_features, int) and num_features > 0):
             raise ValueError(f"num_features: expected a positive int, got {num_features!r}")
-        if momentum is not None and not (0.0 <= momentum <= 1.0):
+        if momentum is not None and not (isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
+                                         and 0.0 <= momentum <= 1.0):
             raise ValueError(f"momentum: expected a float in [0, 1] or None, got {momentum!r}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
@@ -33,7 +34,10 @@ class _NormBase(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:   # torch >= 2.6 takes bias=False: a learned scale without a shift
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -58,11 +62,12 @@ class _NormBase(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-                "track_running_stats={track_running_stats}".format(**self.__dict__))
+        return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, bias={use_bias}, "
+                "track_running_stats={track_running_stats}".format(**self.__dict__, use_bias=self.bias is not None))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -118,9 +123,9 @@ class _BatchNorm(_NormBase):
         if not self._use_batch_stats():
             return core.normalize_with(x, self.running_mean.view(shape), self.running_var.view(shape), self.eps)
         m = core.count(x, dims)
-        if m <= 1 and self.training:
-            raise ValueError(f"input: expected more than 1 value per channel when training, "
-                             f"got input of shape {tuple(x.shape)}")
+        if m <= 1:   # as torch: also in eval without running statistics, where it would silently give 0
+            raise ValueError(f"input: expected more than 1 value per channel when normalizing with batch statistics "
+                             f"(training, or track_running_stats=False), got input of shape {tuple(x.shape)}")
         xhat, mean, var = core.normalize(x, dims, self.eps)
         if self.training and self.track_running_stats:
             self._update_running(mean.flatten(), var.flatten(), m, self._tick())

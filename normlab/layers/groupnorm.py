@@ -19,10 +19,12 @@ class GroupNorm(nn.Module):
     """GN over (N, C, *) input: statistics per sample over C/G channels and all positions; per-channel affine."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, bias: bool = True) -> None:
         super().__init__()
         if not (isinstance(num_groups, int) and num_groups > 0):
             raise ValueError(f"num_groups: expected a positive int, got {num_groups!r}")
+        if not (isinstance(num_channels, int) and num_channels > 0):
+            raise ValueError(f"num_channels: expected a positive int, got {num_channels!r}")
         if num_channels % num_groups != 0:
             raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, got {num_groups}")
         self.num_groups, self.num_channels = num_groups, num_channels
@@ -30,7 +32,10 @@ class GroupNorm(nn.Module):
         self.affine = affine
         if affine:
             self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -38,10 +43,12 @@ class GroupNorm(nn.Module):
     def reset_parameters(self) -> None:
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        return "{num_groups}, {num_channels}, eps={eps}, affine={affine}".format(**self.__dict__)
+        return "{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={use_bias}".format(
+            **self.__dict__, use_bias=self.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         core.check_float(x)
@@ -69,8 +76,9 @@ class LayerNorm(nn.Module):
         self.elementwise_affine = elementwise_affine
         if elementwise_affine:
             self.weight = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype)) if bias else None
-            if not bias:
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+            else:   # assigning None first would shadow the parameter slot: register_parameter then raises
                 self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
@@ -83,7 +91,8 @@ class LayerNorm(nn.Module):
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={use_bias}".format(
+            **self.__dict__, use_bias=self.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         core.check_float(x)
@@ -101,8 +110,8 @@ class _InstanceNorm(_NormBase):
     _spatial = 1
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
-                 track_running_stats: bool = False, device=None, dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+                 track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         core.check_float(x)
@@ -121,13 +130,15 @@ class _InstanceNorm(_NormBase):
         shape = core.channel_shape(x.dim())
         if self._use_batch_stats():
             m = core.count(x, dims)
-            if m <= 1 and self.training:
-                raise ValueError(f"input: expected more than 1 spatial element when training, "
-                                 f"got input of shape {tuple(x.shape)}")
+            if m <= 1:   # as torch: whenever instance statistics are used, training or not
+                raise ValueError(f"input: expected more than 1 spatial element per channel when normalizing with "
+                                 f"instance statistics, got input of shape {tuple(x.shape)}")
             xhat, mean, var = core.normalize(x, dims, self.eps)
             if self.training and self.track_running_stats:
-                # torch's rule: the running statistics follow the batch average of the per-instance statistics
-                self._update_running(mean.mean(0).flatten(), var.mean(0).flatten(), m, self._tick())
+                # torch's rules: the running statistics follow the batch average of the per-instance statistics;
+                # momentum=None means factor 0 (no cumulative average) and num_batches_tracked is never counted
+                factor = 0.0 if self.momentum is None else self.momentum
+                self._update_running(mean.mean(0).flatten(), var.mean(0).flatten(), m, factor)
         else:
             xhat = core.normalize_with(x, self.running_mean.view(shape), self.running_var.view(shape), self.eps)
         return core.affine(xhat, self.weight, self.bias, shape)

@@ -1,0 +1,191 @@
+"""File readers: MNIST-style npz and IDX (LeCun's format), CIFAR-10 python pickles and binary batches, safe tar.
+
+Every reader returns uint8 NumPy arrays and raises DataError naming the file when it is corrupt or truncated.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data file is missing, corrupt or truncated; the message names the file and how to get it."""
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated, delete it and fetch it again") from e
+
+
+# IDX: big-endian magic (0, 0, dtype code, ndim), ndim uint32 sizes, then the data.
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally .gz) into an array of its own shape, e.g. (60000, 28, 28) uint8."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    want = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != want:
+        raise DataError(f"{path}: truncated or corrupt IDX file: header says shape {shape} ({want} bytes), "
+                        f"found {len(raw) - header} bytes of data")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as IDX (gzip when the name ends in .gz); used by the tests and for caching."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    data = head + array.tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+
+
+def find_idx(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files in `folder` (gzipped or not), or None when any is missing."""
+    found = {}
+    for key, stem in IDX_NAMES.items():
+        for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+            if (folder / name).is_file():
+                found[key] = folder / name
+                break
+        else:
+            return None
+    return found
+
+
+def read_idx_set(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """x_train (N, 28, 28), y_train (N,), x_test, y_test from the four IDX files; checks that counts agree."""
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{files[f'x_{split}']}: {split} images {x.shape} and labels {y.shape} do not match")
+    return arrays
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """mnist.npz with keys x_train, y_train, x_test, y_test (uint8), as in shared/data/README.md."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as e:
+        raise DataError(f"{path}: missing key {e}; expected x_train, y_train, x_test, y_test") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated") from e
+    for split in ("train", "test"):
+        if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
+            raise DataError(f"{path}: x_{split} and y_{split} have different lengths")
+    return arrays
+
+
+# -- CIFAR-10 ------------------------------------------------------------------------------------------------------
+CIFAR_PY_DIR = "cifar-10-batches-py"
+CIFAR_BIN_DIR = "cifar-10-batches-bin"
+CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR_TEST = ["test_batch"]
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickled dicts of bytes, lists and NumPy arrays; refuse anything else (no code execution)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}   # encode: protocol-2 bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python-format batch -> images (N, 3, 32, 32) uint8, labels (N,) uint8."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(d[b"data"] if b"data" in d else d["data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"] if b"labels" in d else d["labels"], dtype=np.uint8)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                        f"the file is corrupt or truncated") from e
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One binary-format batch: records of 1 label byte + 3072 pixel bytes."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) == 0 or len(raw) % 3073:
+        raise DataError(f"{path}: size {len(raw)} is not a multiple of 3073 bytes; the file is truncated or corrupt")
+    rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3073)
+    return rec[:, 1:].reshape(-1, 3, 32, 32).copy(), rec[:, 0].copy()
+
+
+def read_cifar_dir(folder: Path) -> dict[str, np.ndarray] | None:
+    """The CIFAR-10 batches under `folder` (either format), or None when not there."""
+    py, bn = folder / CIFAR_PY_DIR, folder / CIFAR_BIN_DIR
+    if all((py / n).is_file() for n in CIFAR_TRAIN + CIFAR_TEST):
+        reader, names = read_cifar_pickle, (CIFAR_TRAIN, CIFAR_TEST)
+        base = py
+    elif all((bn / (n + ".bin")).is_file() for n in CIFAR_TRAIN + CIFAR_TEST):
+        reader, names = read_cifar_bin, ([n + ".bin" for n in CIFAR_TRAIN], [n + ".bin" for n in CIFAR_TEST])
+        base = bn
+    else:
+        return None
+    out = {}
+    for split, files in zip(("train", "test"), names):
+        parts = [reader(base / n) for n in files]
+        out[f"x_{split}"] = np.concatenate([p[0] for p in parts])
+        out[f"y_{split}"] = np.concatenate([p[1] for p in parts])
+    return out
+
+
+def safe_extract(archive: str | Path, target: str | Path) -> None:
+    """Extract a tar archive into `target`, refusing members that would land outside it (absolute paths, '..',
+    links pointing out) and anything that is not a regular file or directory."""
+    archive, target = Path(archive), Path(target).resolve()
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                dest = (target / m.name).resolve()
+                if os.path.isabs(m.name) or (dest != target and target not in dest.parents):
+                    raise DataError(f"{archive}: member {m.name!r} would extract outside {target}; refusing")
+                if not (m.isfile() or m.isdir()):
+                    raise DataError(f"{archive}: member {m.name!r} is a link or special file; refusing")
+            target.mkdir(parents=True, exist_ok=True)
+            for m in members:
+                tar.extract(m, target, filter="data") if hasattr(tarfile, "data_filter") else tar.extract(m, target)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{archive}: cannot extract ({e}); the archive is corrupt or truncated") from e
+

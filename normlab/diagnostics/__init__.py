@@ -1,0 +1,25 @@
+"""The instruments of Santurkar et al. (2018) and Ioffe & Szegedy (2015) on any nn.Module (docs/diagnostics.md).
+
+Functions of (model, loss_fn, x, y[, optimizer, lr]) that return plain rows, never train and never change the model,
+its buffers, its .grad, the optimizer or the global RNG stream; and hook classes wrapping them for normlab.train.
+
+    distributions / DistributionTracker   per-unit percentiles, mean, variance, histograms, step-to-step change
+    ics                                   internal covariate shift, Definition 2.1 (||G - G'||, cos)
+    landscape                             loss and gradient along -g: range, predictiveness, effective beta
+    top_eigenvalue / hessian_trace        power iteration / Hutchinson on Hessian-vector products
+    theorem41                             both sides of Theorem 4.1 per BN layer, shrink factors
+"""
+from .bound import bn_layers, theorem41
+from .common import resolve_layers, weight_layers
+from .distributions import DEFAULT_PERCENTILES, DistributionTracker, distributions, unit_percentiles
+from .hessian import HessianOperator, hessian_trace, top_eigenvalue
+from .hooks import HOOKS, BoundHook, DistributionsHook, HessianHook, ICSHook, LandscapeHook, build_hook
+from .ics import ics, simulate_step
+from .landscape import SPAN_LINEAR, SPAN_VGG, landscape, multipliers_for
+from .summary import INSTRUMENTS, diagnose, format_table, parse_what
+
+__all__ = ["distributions", "DistributionTracker", "unit_percentiles", "DEFAULT_PERCENTILES", "ics", "simulate_step",
+           "landscape", "multipliers_for", "SPAN_VGG", "SPAN_LINEAR", "top_eigenvalue", "hessian_trace",
+           "HessianOperator", "theorem41", "bn_layers", "ICSHook", "LandscapeHook", "HessianHook",
+           "DistributionsHook", "BoundHook", "HOOKS", "build_hook", "diagnose", "format_table", "parse_what",
+           "INSTRUMENTS", "resolve_layers", "weight_layers"]

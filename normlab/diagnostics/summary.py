@@ -1,0 +1,121 @@
+"""Run several instruments on one (model, batch) and print them as a table (used by `normlab diagnose`)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .bound import theorem41
+from .common import LayerSpec
+from .distributions import DEFAULT_PERCENTILES, distributions
+from .hessian import hessian_trace, top_eigenvalue
+from .ics import ics
+from .landscape import SPAN_VGG, landscape
+
+INSTRUMENTS = ("distributions", "ics", "landscape", "hessian", "bound")
+
+
+def parse_what(what: str | Sequence[str]) -> list[str]:
+    """'ics,landscape' or a list -> validated list of instrument names ('all' = every one)."""
+    items = [w.strip() for w in what.split(",")] if isinstance(what, str) else [str(w) for w in what]
+    items = [w for w in items if w]
+    if items == ["all"]:
+        return list(INSTRUMENTS)
+    bad = [w for w in items if w not in INSTRUMENTS]
+    if bad or not items:
+        raise ValueError(f"what: unknown instrument(s) {bad or items}; valid: {', '.join(INSTRUMENTS)} or all")
+    return items
+
+
+def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+             what: str | Sequence[str] = INSTRUMENTS, optimizer: torch.optim.Optimizer | None = None,
+             lr: float | None = None, layers: LayerSpec = None, span: tuple[float, float] = SPAN_VGG,
+             points: int = 8, spacing: str = "linear", bn_mode: str = "train", iters: int = 20,
+             trace_samples: int = 0, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+             seed: int = 0) -> dict[str, Any]:
+    """{instrument: its result} for each name in `what`. ics needs `optimizer`; landscape needs `lr`."""
+    names = parse_what(what)
+    if "ics" in names and optimizer is None:
+        raise ValueError("optimizer: ics simulates the optimizer's update; pass the run's optimizer")
+    if "landscape" in names and lr is None:
+        raise ValueError("lr: landscape probes s = span x lr; pass the learning rate")
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == "distributions":
+            out[name] = distributions(model, x, layers, percentiles=percentiles)
+        elif name == "ics":
+            out[name] = ics(model, loss_fn, x, y, optimizer, layers)
+        elif name == "landscape":
+            out[name] = landscape(model, loss_fn, x, y, lr, span=span, points=points, spacing=spacing,
+                                  bn_mode=bn_mode)
+        elif name == "hessian":
+            out[name] = top_eigenvalue(model, loss_fn, x, y, iters, bn_mode=bn_mode, seed=seed)
+            if trace_samples:
+                out[name]["trace"] = hessian_trace(model, loss_fn, x, y, trace_samples, bn_mode, seed)
+        else:
+            out[name] = theorem41(model, loss_fn, x, y)
+    return out
+
+
+def _f(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _table(title: str, header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [header] + [[_f(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title]
+    for k, r in enumerate(cells):
+        lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if k == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Human-readable tables of diagnose()'s results (the JSON holds everything)."""
+    lines: list[str] = []
+    if "distributions" in results:
+        rows = results["distributions"]
+        qs = list(rows[0]["percentiles"]) if rows else []
+        lines += _table("distributions (per-unit percentiles averaged over units)",
+                        ["layer", "units", "m", "mean", "var"] + [f"p{q}" for q in qs],
+                        [[r["layer"], r["units"], r["m"], r["layer_mean"], r["layer_var"]]
+                         + [float(torch.tensor(r["percentiles"][q]).mean()) for q in qs] for r in rows])
+    if "ics" in results:
+        lines += _table("internal covariate shift (Definition 2.1)",
+                        ["layer", "index", "l2", "cos", "rel_l2", "|G|", "finite"],
+                        [[r["layer"], r["index"], r["l2"], r["cos"], r["rel_l2"], r["g_norm"], r["finite"]]
+                         for r in results["ics"]])
+    if "landscape" in results:
+        r = results["landscape"]
+        lines += _table(f"landscape along -g (bn_mode={r['bn_mode']})",
+                        ["s_min", "s_max", "points", "loss0", "loss_min", "loss_max", "pred_max", "pred_mean",
+                         "beta_max", "finite"],
+                        [[r["multipliers"][0], r["multipliers"][-1], len(r["multipliers"]), r["loss0"],
+                          *r["loss_range"], r["pred_max"], r["pred_mean"], r["beta_max"], r["finite"]]])
+    if "hessian" in results:
+        r = results["hessian"]
+        tr = r.get("trace")
+        lines += _table(f"Hessian (bn_mode={r['bn_mode']})",
+                        ["top_eigenvalue", "iterations", "rel_change", "trace", "trace_stderr", "finite"],
+                        [[r["eigenvalue"], r["iterations"], r["rel_change"], tr and tr["trace"],
+                          tr and tr["stderr"], r["finite"]]])
+    if "bound" in results:
+        lines += _table("Theorem 4.1 per BN layer (sums over units)",
+                        ["layer", "lhs", "rhs_identity", "rhs_theorem", "identity_err", "bound", "shrink_mean",
+                         "removed_frac", "grad_ratio"],
+                        [[r["layer"], r["lhs"], r["rhs_identity"], r["rhs_theorem"], r["identity_err"],
+                          r["bound_holds"], r["shrink_mean"], r["removed_frac"], r["grad_ratio"]]
+                         for r in results["bound"]])
+        if not results["bound"]:
+            lines.append("  (no standard BatchNorm layers)")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Data-parallel training over torch.distributed: process-group set-up (torchrun env vars or `--nproc N` spawning
+on loopback), gradient averaging, and the spawn entry point. gloo on CPU, nccl on CUDA."""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment variables, (0, 0, 1) when absent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, int(os.environ.get("LOCAL_RANK", str(rank))), world
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(device: torch.device, timeout_s: float) -> None:
+    """Join the process group described by the environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE), once."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor, world: int) -> torch.Tensor:
+    """All-reduce the mean of every gradient and of the loss in one flat buffer; returns the global mean loss.
+
+    Each rank's loss is the mean over its equal share of the global batch, so the mean over ranks equals the loss
+    (and the gradient) of one process on the whole global batch.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype if grads else loss.dtype)])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+    return flat[-1]
+
+
+def broadcast_model(model: torch.nn.Module) -> None:
+    """Start every rank from rank 0's parameters and buffers."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def _worker(rank: int, world: int, port: int, cfg, out_dir: str, hooks, resume: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    from .train import train
+    train(cfg, out_dir, hooks if rank == 0 else (), resume=resume)
+
+
+def spawn(cfg, out_dir: str, hooks, resume: bool) -> None:
+    """Run train() in cfg.nproc fresh processes on loopback; returns when all have finished (raises if one fails)."""
+    import torch.multiprocessing as mp
+    mp.start_processes(_worker, args=(cfg.nproc, free_port(), cfg, str(out_dir), tuple(hooks), resume),
+                       nprocs=cfg.nproc, join=True, start_method="spawn")

@@ -1,0 +1,111 @@
+"""Helpers shared by the experiment modules: building train runs, choosing an offline dataset, and reading records
+back as per-seed numbers and seed-aggregated curves."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Iterable, Sequence
+
+from ..report import series
+from .base import Result, Run, finite
+from .training import train_config
+
+
+def train_run(exp: str, group: str, seed: int, instruments: list | None = None, extra: dict | None = None,
+              **train_kw) -> Run:
+    """A Run whose config is the full TrainConfig (defaults included) + the instrument specs (+ extra settings)."""
+    cfg = {"procedure": "train", "train": train_config(seed=seed, **train_kw),
+           "instruments": list(instruments or [])}
+    if extra:
+        cfg["extra"] = dict(extra)
+    return Run(exp, group, seed, cfg)
+
+
+@lru_cache(maxsize=None)
+def available(name: str) -> bool:
+    """Whether dataset `name` can be loaded offline (without a download)."""
+    from .. import data
+    try:
+        data.load(name, download=False)
+    except Exception:
+        return False
+    return True
+
+
+def pick_dataset(preferred: Sequence[str]) -> str:
+    """The first of `preferred` that is available offline (the report names the one used)."""
+    for name in preferred:
+        if available(name):
+            return name
+    raise RuntimeError(f"dataset: none of {list(preferred)} is available offline; see docs/experiments.md")
+
+
+def groups(results: Iterable[Result]) -> dict[str, list[Result]]:
+    """Results by run group, in first-seen order, each sorted by seed."""
+    out: dict[str, list[Result]] = {}
+    for r in results:
+        out.setdefault(r.run.group, []).append(r)
+    return {g: sorted(rs, key=lambda r: r.run.seed) for g, rs in out.items()}
+
+
+def final(results: Sequence[Result], key: str, default: float = math.nan) -> list[float]:
+    """Per seed: the last metrics row's `key` that has a value (NaN for a diverged run that never evaluated)."""
+    vals = []
+    for r in results:
+        if r.summary.get("diverged_at") is not None:
+            vals.append(default)
+            continue
+        rows = [row[key] for row in r.metrics if row.get(key) is not None]
+        vals.append(float(rows[-1]) if rows else default)
+    return vals
+
+
+def at_step(result: Result, key: str, step: int, source: str = "metrics") -> float:
+    """`key` at the row whose step is closest to `step` (NaN when the run has no such rows)."""
+    rows = [row for row in result.records(source) if row.get(key) is not None]
+    if not rows:
+        return math.nan
+    return float(min(rows, key=lambda row: abs(row["step"] - step))[key])
+
+
+def curve(results: Sequence[Result], key: str, source: str = "metrics",
+          where: Callable[[dict], bool] | None = None) -> tuple[list[float], list[list[float]]]:
+    """(steps, per-seed values) of `key` on the steps every seed recorded."""
+    per_seed: list[dict[int, float]] = []
+    for r in results:
+        d = {}
+        for row in r.records(source):
+            if row.get(key) is not None and (where is None or where(row)):
+                d[row["step"]] = float(row[key])
+        per_seed.append(d)
+    if not per_seed:
+        return [], []
+    steps = sorted(set.intersection(*(set(d) for d in per_seed)))
+    return steps, [[d[s] for s in steps] for d in per_seed]
+
+
+def band(label: str, steps: Sequence[float], per_seed: Sequence[Sequence[float]], **kw) -> dict:
+    """A figure series: mean over seeds with the [min, max] range shaded."""
+    cols = list(zip(*per_seed)) if per_seed else []
+    mean, lo, hi = [], [], []
+    for c in cols:
+        f = finite(c)
+        mean.append(sum(f) / len(f) if f else math.nan)
+        lo.append(min(f) if f else math.nan)
+        hi.append(max(f) if f else math.nan)
+    return series(label, list(steps), mean, lo, hi, **kw)
+
+
+def time_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN when there are none): a per-seed summary of a curve."""
+    f = finite(values)
+    return sum(f) / len(f) if f else math.nan
+
+
+def stat_text(values: Sequence[float], fmt: str = ".3g", scale: float = 1.0) -> str:
+    """'mean [min, max]' for a table cell."""
+    f = finite(values)
+    if not f:
+        return "—"
+    m = sum(f) / len(f)
+    return f"{m * scale:{fmt}} [{min(f) * scale:{fmt}}, {max(f) * scale:{fmt}}]"

@@ -1,0 +1,294 @@
+"""`normlab reproduce`: expand experiments into runs, run the missing ones (in worker processes), analyze, report.
+
+Layout of DIR:
+  runs/<hash>/         run.json (identity), train's records (config.json, metrics.jsonl, diagnostics.jsonl,
+                       summary.json, checkpoint.pt), log.txt, and done.json (written last, atomically)
+  results/<exp>.json   the experiment's outcome (verdicts, figure specs, our numbers) + metadata
+  figures/, report.md, report.html   written by normlab.report from results/ only
+A run counts as done exactly when its done.json exists; anything else in its folder is cleared and rerun, so an
+interrupted reproduce resumes and loses no finished run.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .base import Experiment, Outcome, Result, Run, Verdict
+
+Echo = Callable[[str], None]
+
+
+def _echo(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def run_dir(out: Path, run: Run) -> Path:
+    return out / "runs" / run.key
+
+
+DONE = "done.json"   # written last, atomically: the run is complete exactly when this file exists
+
+
+def load_result(out: Path, run: Run) -> Result | None:
+    """The finished run on disk, or None when its done.json is missing."""
+    d = run_dir(out, run)
+    path = d / DONE
+    if not path.exists():
+        return None
+    return Result(run, d, json.loads(path.read_text()), cached=True)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    """Write atomically: a reader (or a resumed reproduce) sees the whole file or none of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
+    """Execute one run into its folder and write done.json last. Runs in a worker process.
+
+    A folder left by an interrupted attempt is cleared, unless it holds train's checkpoint.pt: then train resumes
+    from it (same config, same data order; rows after the checkpoint are dropped and recomputed).
+    """
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    d = run_dir(out, run)
+    if d.exists() and not (d / "checkpoint.pt").exists():
+        shutil.rmtree(d)   # never trust a partial record
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json(d / "run.json", run.to_json())
+    t0 = time.perf_counter()
+    with open(d / "log.txt", "a") as log, contextlib.redirect_stderr(log):
+        summary = dict(exp.execute(run, d) or {})
+    summary["wall_s"] = time.perf_counter() - t0
+    summary["run"] = run.to_json()
+    _write_json(d / DONE, summary)
+    return summary
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def machine() -> str:
+    try:
+        import torch
+        tv = torch.__version__
+    except ImportError:  # pragma: no cover
+        tv = "?"
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {platform.python_version()}, " \
+           f"torch {tv}"
+
+
+def rerun_command(exp_id: str, scale: str, out: Path, seeds: int | None, device: str) -> str:
+    cmd = f"normlab reproduce --scale {scale} --only {exp_id} --out {out}"
+    if seeds is not None:
+        cmd += f" --seeds {seeds}"
+    if device != "cpu":
+        cmd += f" --device {device}"
+    return cmd
+
+
+def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Path = "out/reproduce",
+              seeds: int | None = None, device: str = "cpu", jobs: int = 2, threads: int | None = None,
+              echo: Echo = _echo, report: bool = True) -> dict:
+    """Run `experiments` at `scale`; returns {"verdicts": {id: outcome}, "report": path, "failed": [...], ...}.
+
+    jobs: worker processes (1 = in this process); threads: torch threads per worker (default cores // jobs).
+    """
+    if not experiments:
+        raise ValueError("experiments: expected at least one experiment")
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs: expected a positive int, got {jobs!r}")
+    out = Path(out)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    t_start = time.perf_counter()
+
+    plans: dict[str, tuple[Experiment, object, list[Run]]] = {}
+    for exp in experiments:
+        sc = exp.scale(scale)
+        runs = exp.runs(sc, exp.seeds(sc, seeds), device=device)
+        keys = [r.key for r in runs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{exp.id}: two runs share one configuration (hash); runs must differ")
+        plans[exp.id] = (exp, sc, runs)
+
+    done: dict[str, dict[str, Result]] = {eid: {} for eid in plans}
+    pending: dict[str, tuple[Experiment, Run, list[str]]] = {}   # key -> (executing experiment, run, consumers)
+    for eid, (exp, sc, runs) in plans.items():
+        for r in runs:
+            res = load_result(out, r)
+            if res is not None:
+                done[eid][r.key] = Result(r, res.dir, res.summary, cached=True)
+            elif r.key in pending:
+                pending[r.key][2].append(eid)   # the same run serves another experiment: run it once
+            else:
+                pending[r.key] = (exp, r, [eid])
+    total = len({r.key for p in plans.values() for r in p[2]})
+    n_cached = total - len(pending)
+    echo(f"normlab reproduce --scale {scale}: {len(plans)} experiment(s), {total} runs "
+         f"({n_cached} reused, {len(pending)} to run) with {jobs} worker(s) x {threads} thread(s) -> {out}")
+
+    failed: dict[str, list[str]] = {eid: [] for eid in plans}
+    analyzed: set[str] = set()
+    counter = {"n": 0}
+    n_new = len(pending)
+
+    def maybe_analyze(eid: str) -> None:
+        exp, sc, runs = plans[eid]
+        if eid in analyzed or len(done[eid]) + len(failed[eid]) < len(runs):
+            return
+        analyzed.add(eid)
+        _finish_experiment(exp, sc, runs, done[eid], failed[eid], out, scale, seeds, device, echo)
+
+    def on_done(key: str, summary: dict | None, err: str | None) -> None:
+        exp, run, consumers = pending[key]
+        counter["n"] += 1
+        k = counter["n"]
+        elapsed = time.perf_counter() - t_start
+        if err is None:
+            wall = summary.get("wall_s", 0.0)
+            echo(f"  [{k}/{n_new}] {run.exp} {run.label}: done in {wall:.1f}s "
+                 f"(elapsed {_duration(elapsed)}, ~{_duration(elapsed / k * (n_new - k))} left)")
+        else:
+            last = err.strip().splitlines()[-1]
+            d = run_dir(out, run)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "error.txt").write_text(err)
+            echo(f"  [{k}/{n_new}] {run.exp} {run.label}: FAILED — {last}")
+        for eid in consumers:
+            mine = next(r for r in plans[eid][2] if r.key == key)
+            if err is None:
+                done[eid][key] = Result(mine, run_dir(out, run), summary)
+            else:
+                failed[eid].append(f"{mine.label}: {last}")
+            maybe_analyze(eid)
+
+    for eid in plans:
+        maybe_analyze(eid)   # experiments whose runs are all cached
+    try:
+        if jobs == 1 or len(pending) <= 1:
+            for key, (exp, run, _) in list(pending.items()):
+                echo(f"  → {run.exp} {run.label} …")
+                try:
+                    summary = execute(exp, run, out)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception:
+                    on_done(key, None, traceback.format_exc())
+                else:
+                    on_done(key, summary, None)
+        else:
+            ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or locks
+            with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = {pool.submit(execute, exp, run, out, threads): key
+                           for key, (exp, run, _) in pending.items()}
+                try:
+                    for fut in cf.as_completed(futures):
+                        try:
+                            summary = fut.result()
+                        except Exception:
+                            on_done(futures[fut], None, traceback.format_exc())
+                        else:
+                            on_done(futures[fut], summary, None)
+                except KeyboardInterrupt:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    except KeyboardInterrupt:
+        echo(f"\ninterrupted: {counter['n']} new run(s) finished and kept; rerun the same command to resume")
+        raise
+
+    verdicts = {}
+    for eid in plans:
+        path = out / "results" / f"{eid}.json"
+        if path.exists():
+            verdicts[eid] = json.loads(path.read_text())["outcome"]["verdict"]["outcome"]
+    result = {"verdicts": verdicts, "failed": {k: v for k, v in failed.items() if v}, "out": str(out),
+              "wall_s": time.perf_counter() - t_start, "runs": total, "reused": n_cached}
+    if report:
+        from ..report import write_report
+        paths = write_report(out)
+        result["report"] = str(paths["html"])
+        result["report_md"] = str(paths["md"])
+    return result
+
+
+def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Result], failed: list[str], out: Path,
+                       scale: str, seeds: int | None, device: str, echo: Echo) -> None:
+    """Analyze one experiment whose runs are all finished (or failed) and write results/<id>.json."""
+    results = [done[r.key] for r in runs if r.key in done]
+    t0 = time.perf_counter()
+    if failed:
+        outcome = Outcome(Verdict(exp.claim, "inconclusive", float("nan"),
+                                  f"{len(failed)} of {len(runs)} runs failed", "; ".join(failed[:3])))
+    else:
+        try:
+            outcome = exp.analyze(results, sc)
+        except Exception:
+            err = traceback.format_exc()
+            echo(f"  {exp.id}: analysis FAILED\n{err}")
+            outcome = Outcome(Verdict(exp.claim, "inconclusive", float("nan"), "analysis failed",
+                                      err.strip().splitlines()[-1]))
+            failed.append(f"analysis: {err.strip().splitlines()[-1]}")
+    compute_s = sum(r.wall_s for r in results)
+    sources = sorted({str(r.summary.get("dataset_source") or r.summary.get("source") or "") for r in results} - {""})
+    record = {
+        "id": exp.id, "order": _order(exp.id), "title": exp.title, "source": exp.source, "claim": exp.claim,
+        "paper_numbers": exp.paper_numbers, "setup": exp.setup_text, "caveat": exp.caveat,
+        "scale": scale, "scale_params": sc.params, "reductions": sc.describe(),
+        "dataset": exp.dataset_of(sc), "dataset_source": sources,
+        "seeds": sorted({r.seed for r in runs}), "n_runs": len(runs),
+        "reused": sum(1 for r in results if r.cached), "compute_s": compute_s,
+        "analysis_s": time.perf_counter() - t0,
+        "command": rerun_command(exp.id, scale, out, seeds, device),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+        "outcome": asdict(outcome), "failed": failed,
+    }
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    _write_json(out / "results" / f"{exp.id}.json", record)
+    v = outcome.verdict
+    echo(f"  ■ {exp.id}: {v.outcome.upper()} — {v.deciding[:160]}")
+
+
+def _order(exp_id: str) -> int:
+    from .registry import ids
+    return ids().index(exp_id) if exp_id in ids() else 999
+
+
+def verdict_table(out: str | Path) -> str:
+    """Plain-text table of the verdicts in DIR/results (what `reproduce` prints at the end)."""
+    rows = []
+    for path in sorted(Path(out, "results").glob("*.json")):
+        rec = json.loads(path.read_text())
+        v = rec["outcome"]["verdict"]
+        num = v["value"]
+        num_s = "—" if num is None or num != num else f"{num:.3g}"
+        rows.append((rec["id"], rec["scale"], v["outcome"], num_s, _duration(rec["compute_s"])))
+    head = ("experiment", "scale", "verdict", "deciding", "compute")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `normlab reproduce`")

@@ -1,0 +1,50 @@
+"""The bridge from a Run to normlab.train: the full TrainConfig (hashed) and the call with instruments as hooks."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+
+def train_config(**kw: Any) -> dict:
+    """The full TrainConfig as a dict, defaults included, so a run's hash covers every setting.
+
+    Building the TrainConfig here also validates the arguments before any run starts.
+    """
+    from ..train import TrainConfig
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"train config: unknown field(s) {unknown}; TrainConfig has {sorted(known)}")
+    kw.setdefault("progress", False)   # reproduce prints its own per-run progress (Progress below)
+    return TrainConfig(**kw).validate().to_dict()
+
+
+class Progress:
+    """A train hook that prints the run's step every `every_s` seconds (per-run progress); writes no rows."""
+
+    name = "progress"
+
+    def __init__(self, label: str, steps: int, every_s: float = 30.0) -> None:
+        self.label, self.steps, self.every_s = label, steps, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, ctx: Any) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            done = ctx.step + 1
+            eta = (now - self.t0) / done * (self.steps - done)
+            print(f"      … {self.label}: step {done:,}/{self.steps:,} ({100 * done / self.steps:.0f}%, "
+                  f"~{eta:.0f}s left)", flush=True, file=sys.__stdout__)
+        return None
+
+
+def train_run(exp: Any, run: Any, out_dir: Path) -> dict:
+    """Train run.config["train"] with exp.hooks(run) attached; returns train's summary."""
+    from ..train import TrainConfig, train
+    cfg = TrainConfig.from_dict(run.config["train"])
+    hooks = list(exp.hooks(run)) + [Progress(f"{run.exp} {run.label}", cfg.steps)]
+    return train(cfg, out_dir, hooks=hooks, resume=True)

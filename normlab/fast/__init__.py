@@ -1,0 +1,259 @@
+"""The fast path of normlab's normalization core: fused float32 CPU kernels for the forward and first backward.
+
+core.NormalizeFn asks `plan(x, dims, p, weight, bias, shape)` whether a call fits; a Plan means the C kernels
+(kernels.c, built once per machine by _build.py) compute y = w * xhat + b and the statistics in one fused call, and
+the first-order backward (dx, dw, db) in another. Same math as the eager path, same numbers to float32 rounding;
+the double backward always takes the eager, differentiable path.
+
+It applies to float32 CPU tensors with p = 2 whose statistic sets form one of three layouts (see kernels.c):
+BatchNorm on NCHW / (N, C, L) / (N, C) / channels_last, and any trailing-dims reduction (LayerNorm, GroupNorm,
+InstanceNorm on contiguous input), with at least MIN_NUMEL values: below that the eager ops are as fast.
+
+Switches: env NORMLAB_FAST=0 turns it off; `set_enabled(False)` / `with disabled():` in Python; `set_enabled("on")`
+uses it for every fitting call regardless of size (tests). The kernels compile lazily at the first call that fits;
+when that fails (no compiler, not Linux) normlab stays on the eager path and `status()` says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+MIN_NUMEL = 1 << 15    # measured crossover (docs/performance.md): smaller calls run as fast eagerly
+THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: forking the pool costs more than it saves
+
+_mode = "off" if os.environ.get("NORMLAB_FAST", "1").strip().lower() in ("0", "off", "false", "no") else "auto"
+_lib = None
+_error: str | None = None
+_compile_s: float | None = None
+_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------------- switches
+def set_enabled(mode: bool | str) -> None:
+    """True / "auto": fast where it pays (default); False / "off": eager only; "on": every call that fits."""
+    global _mode
+    modes = {True: "auto", False: "off", "auto": "auto", "off": "off", "on": "on"}
+    if mode not in modes:
+        raise ValueError(f"mode: expected True, False, 'auto', 'on' or 'off', got {mode!r}")
+    _mode = modes[mode]
+
+
+def enabled() -> bool:
+    return _mode != "off"
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the block on the eager path."""
+    global _mode
+    old, _mode = _mode, "off"
+    try:
+        yield
+    finally:
+        _mode = old
+
+
+def prepare() -> bool:
+    """Build or load the kernels now (they are otherwise built at the first call that fits). True if usable."""
+    return _kernels() is not None
+
+
+def status() -> dict:
+    """{"mode", "available", "reason", "compile_s"}: compile_s is None until built, 0.0 when loaded from cache."""
+    return {"mode": _mode, "available": _lib is not None, "reason": _error, "compile_s": _compile_s}
+
+
+def _kernels():
+    global _lib, _error, _compile_s
+    if _lib is not None or _error is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _error is None:
+            from . import _build
+            try:
+                _lib, _compile_s = _build.build()
+            except Exception as exc:   # noqa: BLE001 - any build failure means: stay eager, and say why
+                _error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"normlab fast path unavailable, using the eager path: {_error}", RuntimeWarning,
+                              stacklevel=3)
+    return _lib
+
+
+# ------------------------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class Plan:
+    """How one normalize call maps onto the kernels. kind: "ch" (a, c, b), "col" (a=R, c=C) or "rows" (a=R, c=K).
+
+    Affine on rows: period P and nb blocks per row (weight index (r % P) * nb + k // (K / nb)); nb = 0 elementwise.
+    """
+    kind: str
+    a: int
+    c: int
+    b: int
+    stat_shape: tuple[int, ...]
+    memory_format: torch.memory_format
+    split: int = 0   # rows: the first reduced dim
+    period: int = 1
+    nb: int = 1
+
+
+def _channels_last(x: torch.Tensor) -> torch.memory_format | None:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def _layout(x: torch.Tensor, dims: tuple[int, ...]) -> Plan | None:
+    nd, shape = x.dim(), tuple(x.shape)
+    stat_shape = tuple(1 if d in dims else s for d, s in enumerate(shape))
+    contiguous = torch.contiguous_format
+    if x.is_contiguous():
+        for k in range(nd):   # trailing dims k.. reduced: one set per row of the (R, K) view
+            if dims == tuple(range(k, nd)):
+                return Plan("rows", math.prod(shape[:k]), math.prod(shape[k:]), 1, stat_shape, contiguous, k)
+        if nd >= 2 and dims == (0, *range(2, nd)):
+            inner = math.prod(shape[2:])
+            if inner == 1:
+                return Plan("col", shape[0], shape[1], 1, stat_shape, contiguous)
+            return Plan("ch", shape[0], shape[1], inner, stat_shape, contiguous)
+        return None
+    fmt = _channels_last(x)
+    if fmt is not None and dims == (0, *range(2, nd)):
+        return Plan("col", x.numel() // shape[1], shape[1], 1, stat_shape, fmt)
+    return None
+
+
+def _with_affine(plan: Plan, x: torch.Tensor, wshape: list[int]) -> Plan | None:
+    """Check that the affine (weights broadcast as `wshape` over x) fits the plan; fill in period / nb for rows."""
+    nd, shape = x.dim(), list(x.shape)
+    full = [1] * (nd - len(wshape)) + list(wshape)
+    if plan.kind in ("ch", "col"):
+        return plan if full == [1, shape[1]] + [1] * (nd - 2) else None
+    k = plan.split
+    lead, trail = full[:k], full[k:]
+    if all(s == 1 for s in lead):
+        period = 1
+    elif k >= 1 and all(s == 1 for s in lead[:-1]) and lead[-1] == shape[k - 1]:
+        period = shape[k - 1]
+    else:
+        return None
+    j = len(trail)
+    while j > 0 and trail[j - 1] == 1:
+        j -= 1
+    if trail[:j] != shape[k:k + j]:
+        return None
+    nb = math.prod(shape[k:k + j])
+    if nb == plan.c and period == 1:
+        nb = 0   # elementwise (LayerNorm)
+    elif nb == plan.c and period > 1:
+        return None
+    return Plan(plan.kind, plan.a, plan.c, plan.b, plan.stat_shape, plan.memory_format, k, period, nb)
+
+
+def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | None = None,
+         bias: torch.Tensor | None = None, shape: Sequence[int] | None = None) -> Plan | None:
+    """A Plan when the fast path should run normalize(x, dims) (and the affine weight/bias viewed as `shape`)."""
+    if _mode == "off" or p != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+        return None
+    if _mode == "auto" and x.numel() < MIN_NUMEL:
+        return None
+    if torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return None
+    nd = x.dim()
+    try:
+        dset = sorted({d % nd for d in dims}) if nd else []
+    except (TypeError, ZeroDivisionError):
+        return None
+    if nd == 0 or len(dset) != len(tuple(dims)):
+        return None
+    pl = _layout(x, tuple(dset))
+    if pl is None:
+        return None
+    if weight is not None or bias is not None:
+        for t in (weight, bias):
+            if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+                return None
+        ref = weight if weight is not None else bias
+        try:
+            wshape = list(ref.view(list(shape)).shape)
+        except (RuntimeError, TypeError):
+            return None
+        if len(wshape) > nd:
+            return None
+        pl = _with_affine(pl, x, wshape)
+    if pl is None or _kernels() is None:
+        return None
+    return pl
+
+
+# ----------------------------------------------------------------------------------------------------- kernels
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _affine_args(weight: torch.Tensor | None, bias: torch.Tensor | None):
+    """Flat float32 (w, b), or (None, None) without affine; a missing one of the two becomes ones / zeros."""
+    if weight is None and bias is None:
+        return None, None
+    w = weight.detach().reshape(-1).contiguous() if weight is not None else torch.ones(bias.numel())
+    b = bias.detach().reshape(-1).contiguous() if bias is not None else torch.zeros(weight.numel())
+    return w, b
+
+
+def _threads(x: torch.Tensor) -> int:
+    return torch.get_num_threads() if x.numel() >= THREADED_NUMEL else 1
+
+
+def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
+    """(y, mean, var, rstd): y = w * xhat + b (xhat without affine) in x's memory format; mean/var keepdim
+    (the biased variance, as core.statistics), rstd flat (one per statistic set)."""
+    x = x.detach()
+    y = torch.empty_like(x)
+    sets = pl.c if pl.kind in ("ch", "col") else pl.a
+    mean, var, rstd = torch.empty(pl.stat_shape), torch.empty(pl.stat_shape), torch.empty(sets)
+    w, b = _affine_args(weight, bias)
+    nt, args = _threads(x), (float(eps), mean.data_ptr(), var.data_ptr(), rstd.data_ptr())
+    if pl.kind == "ch":
+        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, nt)
+    elif pl.kind == "col":
+        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, nt)
+    else:
+        _lib.rows_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), pl.period, pl.nb, *args, nt)
+    return y, mean, var, rstd
+
+
+def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+             weight: torch.Tensor | None, bias: torch.Tensor | None):
+    """First-order (dx, dw, db) for the forward above; dw / db are None where weight / bias is None."""
+    g = g.detach().contiguous(memory_format=pl.memory_format)
+    x = x.detach()
+    dx = torch.empty_like(x, memory_format=pl.memory_format)
+    w, _ = _affine_args(weight, bias)
+    dw, db = (None, None) if w is None else (torch.empty(w.numel()), torch.empty(w.numel()))
+    nt = _threads(x)
+    head = (g.data_ptr(), x.data_ptr(), dx.data_ptr())
+    if pl.kind == "ch":
+        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db), nt)
+    elif pl.kind == "col":
+        _lib.col_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db), nt)
+    else:
+        if w is None:
+            part = None
+        elif pl.nb == 0:
+            part = torch.zeros(2 * nt * pl.c)
+        else:
+            part = torch.empty(2 * pl.a * pl.nb)
+        _lib.rows_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), pl.period, pl.nb, _ptr(dw),
+                      _ptr(db), _ptr(part), nt)
+    dw = dw.view(weight.shape) if weight is not None else None
+    db = db.view(bias.shape) if bias is not None else None
+    return dx, dw, db

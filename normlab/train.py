@@ -1,0 +1,234 @@
+"""The training loop: `train(cfg, out_dir, hooks=()) -> summary dict`.
+
+Per step t (0-based): batch t of a seeded per-epoch permutation -> forward -> loss -> backward -> [DDP: average
+gradients] -> divergence check -> hooks(ctx) -> optimizer.step(). Metrics rows (step = number of updates done) go to
+out_dir/metrics.jsonl, hook rows to out_dir/diagnostics.jsonl, checkpoints to out_dir/checkpoint.pt, and a
+summary.json at the end. docs/training.md describes the files and the resume rule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import data as data_mod
+from . import distributed as dist_mod
+from . import models
+from .layers.factory import valid_specs
+
+__all__ = ["TrainConfig", "StepContext", "ConfigError", "train", "evaluate", "resolve_device"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+DIAGNOSTICS = "diagnostics.jsonl"
+SUMMARY = "summary.json"
+EVAL_SUBSET_SEED = 1234   # the fixed train/test subsets for accuracy do not depend on the run's seed
+
+
+class ConfigError(ValueError):
+    """A bad TrainConfig value; the message names the field and the expected form."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "mlp"                 # models.build name: mlp | vgg | linear | resnet
+    norm: str = "none"                 # factory spec: none | bn | gn:8 | ln | in | ...
+    dataset: str = "mnist"             # data.load name
+    optimizer: str = "sgd"             # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.0              # SGD momentum (Adam ignores it)
+    weight_decay: float = 0.0
+    batch_size: int = 60               # global batch (split evenly over DDP processes)
+    steps: int = 1000
+    seed: int = 0
+    eval_every: int = 100              # evaluate every N updates (and at 0 and at the end); 0 = only at 0 and the end
+    eval_samples: int = 1000           # size of the fixed test subset and train subset for accuracy; 0 = whole split
+    schedule: str = "constant"         # constant | step (lr * lr_gamma ** (number of milestones <= step))
+    lr_milestones: tuple = ()
+    lr_gamma: float = 0.1
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    loss: str = "auto"                 # ce | mse | auto (ce for classification, mse for regression datasets)
+    init: str = "default"              # models.build init scheme
+    model_kw: dict = field(default_factory=dict)
+    augment: bool = False              # random flips and 4-pixel crops of training batches (CIFAR)
+    deterministic: bool = False        # torch.use_deterministic_algorithms for the run
+    checkpoint_every: int = 1000       # 0 = no checkpoints
+    diverge_loss: float | None = None  # loss above this ends the run; None = 1000 * max(1, loss at step 0)
+    log_every: int = 0                 # loss-only rows between evaluations; 0 = none
+    progress: bool = True              # tqdm bar (only when stderr is a terminal)
+    verbose: bool = True               # one line on stderr: dataset, source, device (and divergence)
+    nproc: int = 1                     # processes for data-parallel training (spawned on loopback)
+    sync_bn: bool = False              # convert BN layers to normlab's SyncBatchNorm when nproc > 1
+    dist_timeout: float = 120.0        # seconds before a collective gives up
+    data_root: str | None = None       # data dir (default $NORMLAB_DATA or ~/.cache/normlab)
+
+    def validate(self) -> "TrainConfig":
+        def bad(name: str, want: str) -> ConfigError:
+            return ConfigError(f"{name}: expected {want}, got {getattr(self, name)!r}")
+        if self.model not in models.names():
+            raise bad("model", "one of " + ", ".join(models.names()))
+        spec = self.norm.strip().lower().partition(":")[0] if isinstance(self.norm, str) else None
+        if spec not in valid_specs():
+            raise bad("norm", "a norm spec, one of " + ", ".join(valid_specs()) + " (some take ':N', e.g. gn:8)")
+        if self.dataset not in data_mod.names():
+            raise bad("dataset", "one of " + ", ".join(data_mod.names()))
+        if self.optimizer not in ("sgd", "adam"):
+            raise bad("optimizer", "'sgd' or 'adam'")
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise bad(name, "a finite number >= 0")
+        if self.lr <= 0:
+            raise bad("lr", "a positive learning rate")
+        for name in ("batch_size", "nproc"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise bad(name, "a positive integer")
+        for name in ("steps", "eval_every", "eval_samples", "checkpoint_every", "log_every", "seed"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise bad(name, "an integer >= 0")
+        if self.batch_size % self.nproc:
+            raise bad("batch_size", f"a multiple of nproc={self.nproc} (the global batch is split evenly)")
+        if self.schedule not in ("constant", "step"):
+            raise bad("schedule", "'constant' or 'step'")
+        if self.loss not in ("auto", "ce", "mse"):
+            raise bad("loss", "'ce', 'mse' or 'auto'")
+        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
+            raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.diverge_loss is not None and not self.diverge_loss > 0:
+            raise bad("diverge_loss", "a positive number or None")
+        if not isinstance(self.model_kw, dict):
+            raise bad("model_kw", "a dict of keyword arguments for models.build")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"config: unknown field(s) {', '.join(unknown)}")
+        d = dict(d)
+        if "lr_milestones" in d:
+            d["lr_milestones"] = tuple(d["lr_milestones"])
+        return cls(**d)
+
+
+class StepContext:
+    """What a hook sees at step t: after loss.backward() (and DDP gradient averaging), before optimizer.step().
+
+    Fields: step, model (the bare module, never a DDP wrapper), x, y (this step's batch), loss_fn(outputs, y) -> scalar,
+    optimizer, lr, loss (float; read lazily so that a run without hooks never waits for it), loss_tensor."""
+
+    __slots__ = ("step", "model", "x", "y", "loss_fn", "optimizer", "lr", "loss_tensor", "_loss")
+
+    def __init__(self, step: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                 optimizer: torch.optim.Optimizer, lr: float, loss_tensor: torch.Tensor,
+                 loss: float | None = None) -> None:
+        self.step, self.model, self.x, self.y, self.loss_fn = step, model, x, y, loss_fn
+        self.optimizer, self.lr, self.loss_tensor, self._loss = optimizer, lr, loss_tensor, loss
+
+    @property
+    def loss(self) -> float:
+        if self._loss is None:
+            self._loss = float(self.loss_tensor)
+        return self._loss
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {spec!r} asked for but CUDA is not available; use --device cpu or auto")
+        return torch.device(spec if ":" in spec else f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, classify: bool,
+             chunk: int = 1000) -> tuple[float, float | None]:
+    """(mean loss, accuracy or None) of `model` in eval mode on (x, y), in chunks; restores the train/eval mode."""
+    was = model.training
+    model.eval()
+    total, correct, n = 0.0, 0, len(x)
+    for i in range(0, n, chunk):
+        out = model(x[i:i + chunk])
+        total += float(loss_fn(out, y[i:i + chunk])) * len(out)
+        if classify:
+            correct += int((out.argmax(1) == y[i:i + chunk]).sum())
+    model.train(was)
+    return total / max(n, 1), (correct / n if classify and n else None)
+
+
+_DATA_CACHE: dict[tuple, data_mod.Dataset] = {}
+
+
+def _dataset(cfg: TrainConfig) -> data_mod.Dataset:
+    """Load once per process (experiments run many configs on one dataset); the cached tensors are never mutated."""
+    key = (cfg.dataset, cfg.data_root or os.environ.get("NORMLAB_DATA"), cfg.seed if cfg.dataset == "synthetic-linear" else 0)
+    if key not in _DATA_CACHE:
+        if len(_DATA_CACHE) >= 2:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        _DATA_CACHE[key] = data_mod.load(cfg.dataset, root=cfg.data_root, seed=key[2])
+    return _DATA_CACHE[key]
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if step >= m)
+    return cfg.lr
+
+
+def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _hook_name(hook: Any) -> str:
+    """The hook's `name` attribute, else a plain function's __name__, else its class name."""
+    name = getattr(hook, "name", None)
+    if not name and type(hook).__name__ == "function":
+        name = hook.__name__
+    return str(name or type(hook).__name__)
+
+
+def _rows(result: Any) -> list[dict]:
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        return [result]
+    return list(result)
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable] = (), resume: bool = False) -> dict:
+    """Train per `cfg`, writing metrics.jsonl, diagnostics.jsonl, checkpoint.pt and summary.json into out_dir.
+
+    resume=True continues from out_dir/checkpoint.pt when there is one (the config must match) and returns the
+    saved summary when the run already finished. Returns the summary dict ("diverged_at" is None or the step).
+    """
+    cfg = cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, local_rank, world = dist_mod.env_world()
+    if world == 1 and cfg.nproc > 1:
+        dist_mod.spawn(cfg, str(out), hooks, resume)
+        return json.loads((out / SUMMARY).read_text())
+    from .loop import run   # the loop body lives in its own module (size)
+    return run(cfg, out, list(hooks), resume, rank, local_rank, world)

@@ -1,0 +1,202 @@
+"""normlab.experiments: run hashing, the runner (cache, resume, workers), verdict rules, and every registered
+experiment end-to-end at smoke scale."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from normlab.experiments import base, registry, runner, verdict
+from normlab.experiments.base import Experiment, Outcome, Run, Scale
+from normlab.report import figure, panel, series
+
+
+# ------------------------------------------------------------------------------------------------ a fake experiment
+class Fake(Experiment):
+    """Two variants whose value is known in closed form: a = 10 + seed, b = seed (a > b by 10 on every seed)."""
+
+    id = "fake"
+    title = "fake experiment"
+    source = "tests"
+    claim = "a is larger than b"
+    scales = {"quick": Scale("quick", seeds=3, offset=10.0, interrupt=""),
+              "smoke": Scale("smoke", seeds=2, offset=10.0, interrupt="")}
+
+    def runs(self, scale, seeds, device="cpu"):
+        return [Run(self.id, g, s, {"procedure": self.id, "group": g, "seed": s, "offset": scale.offset if g == "a" else 0.0,
+                                    "interrupt": scale.interrupt})
+                for g in ("a", "b") for s in seeds]
+
+    def execute(self, run, out_dir):
+        log = Path(out_dir).parent.parent / "executions.txt"
+        with open(log, "a") as f:
+            f.write(run.label + "\n")
+        (Path(out_dir) / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": t, "v": run.config["offset"] + run.seed + t}) + "\n" for t in range(3)))
+        if run.config["interrupt"] == run.label:
+            raise KeyboardInterrupt
+        return {"value": run.config["offset"] + run.seed}
+
+    def analyze(self, results, scale):
+        vals = {g: [r.summary["value"] for r in results if r.run.group == g] for g in ("a", "b")}
+        v = verdict.greater(self.claim, "a", vals["a"], "b", vals["b"])
+        curves = [series(g, [0, 1, 2], [row["v"] for row in results[i].metrics])
+                  for i, g in ((0, "a"), (len(results) - 1, "b"))]
+        return Outcome(v, [v], [figure("curves", "v vs step", [panel("v", "step", "v", curves)])],
+                       [{"variant": g, "value": sum(x) / len(x)} for g, x in vals.items()])
+
+
+def executions(out: Path) -> list[str]:
+    p = out / "executions.txt"
+    return p.read_text().splitlines() if p.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------------------- hashing
+def test_run_hash_is_the_full_config():
+    cfg = {"procedure": "train", "lr": 0.1, "model": {"width": 2, "depth": 3}}
+    a = Run("x", "g", 0, cfg)
+    same = Run("y", "other label", 0, {"model": {"depth": 3, "width": 2}, "lr": 0.1, "procedure": "train"})
+    assert a.key == same.key and len(a.key) == 16   # key order, label and experiment do not matter: runs are shared
+    assert Run("x", "g", 0, {**cfg, "model": {"width": 2, "depth": 4}}).key != a.key   # nested change
+    assert Run("x", "g", 0, {**cfg, "lr": 0.1000001}).key != a.key
+    assert Run("x", "g", 0, {**cfg, "procedure": "precise-bn"}).key != a.key
+    with pytest.raises(TypeError, match="not JSON-serializable"):
+        base.run_hash({"procedure": "x", "f": object()})
+    with pytest.raises(ValueError, match="expected a 'procedure' key"):
+        base.run_hash({"lr": 0.1})
+
+
+def test_scale_reduce_records_the_reductions():
+    paper = Scale("paper", steps=50_000, width=100, seeds=3)
+    quick = paper.reduce("quick", "2-core CPU", steps=2000)
+    assert (quick.steps, quick.width, paper.steps) == (2000, 100, 50_000)
+    assert quick.describe() == ["steps: 50,000 → 2000 (2-core CPU)"]
+    with pytest.raises(ValueError, match="unknown parameter"):
+        paper.reduce("q", "why", stepz=1)
+    with pytest.raises(AttributeError, match="no parameter 'lr'"):
+        quick.lr
+
+
+# ---------------------------------------------------------------------------------------------------------- verdicts
+def test_greater_all_three_outcomes():
+    sup = verdict.greater("c", "bn", [0.95, 0.96, 0.97], "none", [0.90, 0.91, 0.92])
+    assert sup.outcome == "supported" and sup.value == pytest.approx(0.05)
+    assert "ranges separated" in sup.deciding and "bn 0.96 [0.95, 0.97]" in sup.deciding
+    nos = verdict.greater("c", "bn", [0.80, 0.81, 0.82], "none", [0.90, 0.91, 0.92])
+    assert nos.outcome == "not supported" and nos.value == pytest.approx(-0.1)
+    inc = verdict.greater("c", "bn", [0.90, 0.95, 0.99], "none", [0.91, 0.92, 0.93])
+    assert inc.outcome == "inconclusive" and "ranges overlap" in inc.deciding
+    # touching ranges overlap (min(a) == max(b))
+    assert verdict.greater("c", "a", [1, 2], "b", [0, 1]).outcome == "inconclusive"
+
+
+def test_less_ratio_and_diverged_seeds():
+    v = verdict.less("smaller with BN", "bn", [1.0, 2.0], "none", [100.0, 300.0], ratio=True)
+    assert v.outcome == "supported" and v.value == pytest.approx(1.5 / 200)
+    assert verdict.less("c", "bn", [5.0, 6.0], "none", [1.0, 2.0]).outcome == "not supported"
+    # a diverged seed (nan) is dropped from the statistics, n says how many are left
+    w = verdict.greater("c", "a", [3.0, math.nan, 4.0], "b", [1.0, 2.0, 1.5])
+    assert w.outcome == "supported" and "n=2/3" in w.deciding
+    empty = verdict.greater("c", "a", [math.nan], "b", [1.0])
+    assert empty.outcome == "inconclusive" and "no finite values for a" in empty.deciding
+
+
+def test_similar_all_three_outcomes():
+    groups = {"bs32": [0.100, 0.102], "bs8": [0.101, 0.104], "bs2": [0.099, 0.103]}
+    sup = verdict.similar("flat", groups, tol=0.01)
+    assert sup.outcome == "supported" and sup.value == pytest.approx(0.1025 - 0.101)
+    nos = verdict.similar("flat", {"bs32": [0.10, 0.11], "bs2": [0.30, 0.32]}, tol=0.05)
+    assert nos.outcome == "not supported"          # best case 0.30 - 0.11 = 0.19 > 0.05
+    inc = verdict.similar("flat", {"bs32": [0.10, 0.14], "bs2": [0.12, 0.18]}, tol=0.05)
+    assert inc.outcome == "inconclusive"           # worst 0.08 > tol >= best 0
+    with pytest.raises(ValueError, match="tol: expected a non-negative number"):
+        verdict.similar("flat", groups, tol=-1)
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        verdict.similar("flat", {"a": [1.0]}, tol=1)
+
+
+def test_all_of_and_verdict_validation():
+    s = verdict.greater("p1", "a", [2, 3], "b", [0, 1])
+    i = verdict.greater("p2", "a", [0, 3], "b", [1, 2])
+    n = verdict.greater("p3", "a", [0, 1], "b", [2, 3])
+    assert verdict.all_of("c", [s, s]).outcome == "supported"
+    assert verdict.all_of("c", [s, i]).outcome == "inconclusive"
+    both = verdict.all_of("c", [i, n, s])
+    assert both.outcome == "not supported" and both.deciding.startswith("p3")
+    with pytest.raises(ValueError, match="outcome: expected one of"):
+        base.Verdict("c", "maybe", 0.0, "")
+
+
+# ------------------------------------------------------------------------------------------------------------ runner
+def test_runner_caches_and_resumes_after_interrupt(tmp_path, monkeypatch):
+    fake = Fake()
+    interrupted = Scale("quick", seeds=3, offset=10.0, interrupt="a seed=2")
+    monkeypatch.setitem(fake.scales, "quick", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.reproduce([fake], "quick", tmp_path, jobs=1, echo=lambda m: None, report=False)
+    assert executions(tmp_path) == ["a seed=0", "a seed=1", "a seed=2"]
+    runs = fake.runs(interrupted, [0, 1, 2])
+    assert [runner.load_result(tmp_path, r) is not None for r in runs] == [True, True, False, False, False, False]
+    # the interrupted run left a partial record behind; it must be cleared, not trusted
+    assert (runner.run_dir(tmp_path, runs[2]) / "metrics.jsonl").exists()
+
+    monkeypatch.setitem(fake.scales, "quick", Scale("quick", seeds=3, offset=10.0, interrupt="no such run"))
+    # a different config (interrupt field) is a different run; use the same config to resume instead
+    monkeypatch.setitem(fake.scales, "quick", interrupted)
+    monkeypatch.setattr(Fake, "execute", _execute_without_interrupt)
+    msgs: list[str] = []
+    res = runner.reproduce([fake], "quick", tmp_path, jobs=1, echo=msgs.append, report=False)
+    assert executions(tmp_path)[3:] == ["a seed=2", "b seed=0", "b seed=1", "b seed=2"]   # 0 and 1 not redone
+    assert "2 reused, 4 to run" in msgs[0]
+    assert res["verdicts"] == {"fake": "supported"} and res["reused"] == 2
+    rec = json.loads((tmp_path / "results" / "fake.json").read_text())
+    assert rec["outcome"]["verdict"]["value"] == pytest.approx(10.0)
+    assert rec["n_runs"] == 6 and rec["reused"] == 2 and rec["seeds"] == [0, 1, 2]
+    # a third call runs nothing
+    res = runner.reproduce([fake], "quick", tmp_path, jobs=1, echo=msgs.append, report=False)
+    assert len(executions(tmp_path)) == 7 and res["reused"] == 6
+
+
+def _execute_without_interrupt(self, run, out_dir):
+    cfg = dict(run.config, interrupt="")
+    return Fake.__dict__["_orig_execute"](self, Run(run.exp, run.group, run.seed, cfg), out_dir)
+
+
+Fake._orig_execute = Fake.execute
+
+
+def test_runner_parallel_workers_and_failures(tmp_path):
+    res = runner.reproduce([Fake()], "smoke", tmp_path, jobs=2, echo=lambda m: None, report=False)
+    assert res["verdicts"] == {"fake": "supported"} and not res["failed"]
+    assert sorted(executions(tmp_path)) == ["a seed=0", "a seed=1", "b seed=0", "b seed=1"]
+    with pytest.raises(ValueError, match="jobs: expected a positive int"):
+        runner.reproduce([Fake()], "smoke", tmp_path, jobs=0)
+    with pytest.raises(ValueError, match="scale: expected one of"):
+        runner.reproduce([Fake()], "paper", tmp_path)
+
+
+class Broken(Fake):
+    id = "broken"
+
+    def execute(self, run, out_dir):
+        if run.group == "b":
+            raise RuntimeError("boom in run b")
+        return super().execute(run, out_dir)
+
+
+def test_runner_reports_a_failed_run_and_goes_on(tmp_path):
+    res = runner.reproduce([Broken(), Fake()], "smoke", tmp_path, jobs=1, echo=lambda m: None, report=False)
+    assert res["failed"] == {"broken": ["b seed=0: RuntimeError: boom in run b",
+                                        "b seed=1: RuntimeError: boom in run b"]}
+    assert res["verdicts"] == {"broken": "inconclusive", "fake": "supported"}
+    run = Broken().runs(Broken.scales["smoke"], [0])[1]
+    assert "boom in run b" in (runner.run_dir(tmp_path, run) / "error.txt").read_text()
+
+
+def test_registry_resolves_ids_and_rejects_unknown():
+    assert registry.ids()[:2] == ["ioffe-mnist", "ioffe-lr"] and len(registry.ids()) == 14
+    assert set(registry.DEMO) <= set(registry.ids())
+    with pytest.raises(ValueError, match="unknown experiment id"):
+        registry.resolve(["ioffe-mnist,nope"])
