@@ -7,6 +7,12 @@ SHARED_DATA := $(abspath ../shared/data)
 export NORMLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist.npz),$(SHARED_DATA),)
 # Two cores here: torch uses both unless told otherwise.
 export OMP_NUM_THREADS ?= 2
+# demo/bench run on tcmalloc (Debian libtcmalloc-minimal4) when it is installed: glibc malloc page-faults every fresh
+# tensor over 32 MB again (docs/performance.md). NORMLAB_TCMALLOC=0 keeps glibc.
+NORMLAB_TCMALLOC ?= 1
+TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+              /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+PRELOAD := $(if $(and $(TCMALLOC),$(filter-out 0,$(NORMLAB_TCMALLOC))),LD_PRELOAD="$(strip $(TCMALLOC) $(LD_PRELOAD))")
 
 .PHONY: setup demo test bench clean
 
@@ -19,13 +25,13 @@ $(VENV)/.stamp: pyproject.toml Makefile
 setup: $(VENV)/.stamp
 
 demo: setup
-	$(PY) -m normlab.cli demo
+	$(PRELOAD) $(PY) -m normlab.cli demo
 
 test: setup
 	$(PY) -m pytest -n 2 tests
 
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PRELOAD) $(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

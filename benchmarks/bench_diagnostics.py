@@ -1,12 +1,15 @@
 """Cost of each instrument in training-step units (issue 5): on the Ioffe MLP (784-100-100-100-10, BN, batch 60) and
 a narrow VGG-11 (BN, width 1/8, 1x28x28, batch 32). A training step = zero_grad + forward + loss + backward + SGD
 momentum step. Each repetition times one step and then each instrument right after it (interleaved, so machine
-noise hits both alike); the ratio is median(instrument) / median(step).
+noise hits both alike); ratio = median wall time (instrument) / median wall time (step), cpu_ratio the same with
+this process's CPU time (less sensitive to other processes on a shared machine; informational).
 Targets: ICS over all k weight layers <= k + 1 steps; landscape with 8 points <= 9; Hessian top eigenvalue with
 20 iterations <= 45. Distributions, Theorem 4.1 and a 10-sample Hutchinson trace are reported without a target.
-Run: `.venv/bin/python benchmarks/bench_diagnostics.py [--quick]`."""
+Run: `.venv/bin/python benchmarks/bench_diagnostics.py [--quick]` (2 torch threads; NORMLAB_BENCH_THREADS=1 for a
+comparison on a busy machine, where two threads wait on each other in every small parallel op)."""
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -31,14 +34,15 @@ def _cases() -> list[tuple[str, torch.nn.Module, torch.Tensor, torch.Tensor]]:
             ("vgg11/8-bn b32", vgg, torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))]
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for one call."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def run(quick: bool = False) -> list[dict]:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("NORMLAB_BENCH_THREADS", "2")))
     reps = 5 if quick else 20
     rows = []
     for label, model, x, y in _cases():
@@ -63,17 +67,19 @@ def run(quick: bool = False) -> list[dict]:
             step()
             for _, fn, _ in instruments:
                 fn()
-        steps: list[float] = []
-        times: dict[str, list[float]] = {name: [] for name, _, _ in instruments}
+        steps: list[tuple[float, float]] = []
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in instruments}
         for _ in range(reps):
             steps.append(_timed(step))
             for name, fn, _ in instruments:
                 times[name].append(_timed(fn))
-        s = statistics.median(steps)
+        s = statistics.median(w for w, _ in steps)
+        s_cpu = statistics.median(c for _, c in steps)
         for name, _, target in instruments:
-            t = statistics.median(times[name])
+            t = statistics.median(w for w, _ in times[name])
+            t_cpu = statistics.median(c for _, c in times[name])
             rows.append({"bench": "diagnostics", "case": f"{label}: {name}", "normlab_ms": 1e3 * t,
-                         "torch_ms": 1e3 * s, "ratio": t / s,
+                         "torch_ms": 1e3 * s, "ratio": t / s, "cpu_ratio": t_cpu / s_cpu,
                          "target": f"<= {target} steps" if target else "(none)",
                          "ok": (t / s <= target) if target else None})
     return rows
@@ -81,7 +87,8 @@ def run(quick: bool = False) -> list[dict]:
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
-    print(f"{'case':52s} {'instr ms':>9s} {'step ms':>8s} {'steps':>7s}  target")
+    print(f"{'case':46s} {'instr ms':>9s} {'step ms':>8s} {'steps':>7s} {'cpu':>6s}  target")
     for r in run(quick):
-        print(f"{r['case']:52s} {r['normlab_ms']:9.2f} {r['torch_ms']:8.2f} {r['ratio']:7.2f}  {r['target']} "
+        print(f"{r['case']:46s} {r['normlab_ms']:9.2f} {r['torch_ms']:8.2f} {r['ratio']:7.2f} {r['cpu_ratio']:6.2f}  "
+              f"{r['target']} "
               f"{'' if r['ok'] is None else ('ok' if r['ok'] else 'MISSED')}")

@@ -41,7 +41,7 @@ def _bare(cfg: TrainConfig, ds: data.Dataset) -> None:
     model.train()
     for t in range(cfg.steps):
         idx = batches.indices(t)
-        loss = f(model(x_all[idx]), y_all[idx])
+        loss = f(model(x_all.index_select(0, idx)), y_all.index_select(0, idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

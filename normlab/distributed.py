@@ -43,7 +43,8 @@ def average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor, worl
     (and the gradient) of one process on the whole global batch.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype if grads else loss.dtype)])
+    dtype = grads[0].dtype if grads else loss.dtype
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(dtype)])
     dist.all_reduce(flat)
     flat.div_(world)
     offset = 0
@@ -60,9 +61,12 @@ def broadcast_model(model: torch.nn.Module) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def _worker(rank: int, world: int, port: int, cfg, out_dir: str, hooks, resume: bool) -> None:
+def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, hooks, resume: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
+    # N processes on one machine share its cores: without this each would start a full-size thread pool and they
+    # would oversubscribe the CPU (collectives then wait on descheduled peers)
+    torch.set_num_threads(max(1, threads // world))
     from .train import train
     train(cfg, out_dir, hooks if rank == 0 else (), resume=resume)
 
@@ -70,5 +74,6 @@ def _worker(rank: int, world: int, port: int, cfg, out_dir: str, hooks, resume: 
 def spawn(cfg, out_dir: str, hooks, resume: bool) -> None:
     """Run train() in cfg.nproc fresh processes on loopback; returns when all have finished (raises if one fails)."""
     import torch.multiprocessing as mp
-    mp.start_processes(_worker, args=(cfg.nproc, free_port(), cfg, str(out_dir), tuple(hooks), resume),
+    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume)
+    mp.start_processes(_worker, args=args,
                        nprocs=cfg.nproc, join=True, start_method="spawn")

@@ -85,14 +85,10 @@ def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local
         dist_mod.init(device, cfg.dist_timeout)
     lead = rank == 0
     hooks = hooks if lead else []   # hooks run on rank 0 only
-    ckpt_path, summary_path = out / CHECKPOINT, out / SUMMARY
+    ckpt_path = out / CHECKPOINT
     state = ckpt.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if resume and summary_path.exists() and state is not None and state.get("done"):
-        saved = ckpt.read_json(summary_path)
-        if saved.get("config") == cfg.to_dict():
-            return saved
-    if state is not None and state["config"] != cfg.to_dict():
-        diff = sorted(k for k, v in cfg.to_dict().items() if state["config"].get(k) != v)
+    if state is not None and state["config"] != cfg.canonical():
+        diff = sorted(k for k, v in cfg.canonical().items() if state["config"].get(k) != v)
         raise ConfigError(f"resume: {ckpt_path} was written by a different config (fields {', '.join(diff)} differ)")
     prev_det = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
@@ -110,10 +106,17 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
          lead: bool) -> dict:
     _seed_all(cfg.seed)
     ds = _dataset(cfg)
-    if cfg.batch_size > len(ds.x_train):
+    x_train, y_train = ds.x_train, ds.y_train
+    if cfg.train_samples:
+        if cfg.train_samples > len(x_train):
+            raise ConfigError(f"train_samples: {cfg.train_samples} is more than the {ds.name} training set has "
+                              f"({len(x_train)} samples)")
+        keep = _subset(len(x_train), cfg.train_samples, 2)
+        x_train, y_train = x_train[keep], y_train[keep]
+    if cfg.batch_size > len(x_train):
         raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the {ds.name} training set "
-                          f"({len(ds.x_train)} samples)")
-    x_train, y_train = ds.x_train.to(device), ds.y_train.to(device)
+                          f"({len(x_train)} samples{' kept by train_samples' if cfg.train_samples else ''})")
+    x_train, y_train = x_train.to(device), y_train.to(device)
     model = models.build(cfg.model, cfg.norm, ds.in_shape, ds.num_classes, cfg.init, **dict(cfg.model_kw)).to(device)
     if world > 1 and cfg.sync_bn:
         from .tools import convert_sync_batchnorm   # written alongside; imported only when asked for
@@ -123,8 +126,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(cfg, params)
     loss_fn, classify = _loss_fn(cfg, ds)
-    ev_tr, ev_te = _subset(len(ds.x_train), cfg.eval_samples, 0), _subset(len(ds.x_test), cfg.eval_samples, 1)
-    ev = {"train": (ds.x_train[ev_tr].to(device), ds.y_train[ev_tr].to(device)),
+    ev_tr, ev_te = _subset(len(x_train), cfg.eval_samples, 0), _subset(len(ds.x_test), cfg.eval_samples, 1)
+    ev = {"train": (x_train[ev_tr.to(device)], y_train[ev_tr.to(device)]),
           "test": (ds.x_test[ev_te].to(device), ds.y_test[ev_te].to(device))}
     batches = _Batches(len(x_train), cfg.batch_size, cfg.seed, device, rank, world)
 
@@ -257,9 +260,9 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
                "steps_done": diverged_at if diverged_at is not None else cfg.steps,
                "final": final, **{k: final.get(k) for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
                "wall_time_s": round(wall, 3),
-               **_peak_memory(device), "dataset": ds.name, "source": ds.source, "device": str(device),
-               "world_size": world, "num_params": sum(p.numel() for p in model.parameters()),
-               "config": cfg.to_dict()}
+               **_peak_memory(device), "dataset": ds.name, "source": ds.source, "train_size": len(x_train),
+               "device": str(device), "world_size": world, "num_params": sum(p.numel() for p in model.parameters()),
+               "config": cfg.canonical()}
     if lead:
         ckpt.write_json_atomic(out / SUMMARY, summary)
         if cfg.checkpoint_every:
@@ -273,6 +276,6 @@ def _save(cfg: TrainConfig, out: Path, model: nn.Module, opt: torch.optim.Optimi
     if not lead:
         return
     flush()
-    ckpt.save_atomic({"version": 1, "step": step, "done": done, "elapsed": elapsed, "loss0": loss0, "acc": dict(acc),
-                      "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt.rng_state(),
-                      "config": cfg.to_dict()}, out / CHECKPOINT)
+    ckpt.save_atomic({"version": 1, "step": step, "done": done, "elapsed": elapsed, "loss0": loss0,
+                      "acc": dict(acc), "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt.rng_state(),
+                      "config": cfg.canonical()}, out / CHECKPOINT)

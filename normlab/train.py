@@ -10,19 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import resource
-import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import models
@@ -63,6 +57,7 @@ class TrainConfig:
     init: str = "default"              # models.build init scheme
     model_kw: dict = field(default_factory=dict)
     augment: bool = False              # random flips and 4-pixel crops of training batches (CIFAR)
+    train_samples: int = 0             # train on a fixed subset of this many training samples; 0 = all
     deterministic: bool = False        # torch.use_deterministic_algorithms for the run
     checkpoint_every: int = 1000       # 0 = no checkpoints
     diverge_loss: float | None = None  # loss above this ends the run; None = 1000 * max(1, loss at step 0)
@@ -95,7 +90,7 @@ class TrainConfig:
         for name in ("batch_size", "nproc"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise bad(name, "a positive integer")
-        for name in ("steps", "eval_every", "eval_samples", "checkpoint_every", "log_every", "seed"):
+        for name in ("steps", "eval_every", "eval_samples", "checkpoint_every", "log_every", "seed", "train_samples"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise bad(name, "an integer >= 0")
         if self.batch_size % self.nproc:
@@ -116,6 +111,10 @@ class TrainConfig:
         d = asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
         return d
+
+    def canonical(self) -> dict:
+        """to_dict() as it reads back from JSON (tuples become lists): the form configs are compared in."""
+        return json.loads(json.dumps(self.to_dict()))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -181,11 +180,12 @@ _DATA_CACHE: dict[tuple, data_mod.Dataset] = {}
 
 def _dataset(cfg: TrainConfig) -> data_mod.Dataset:
     """Load once per process (experiments run many configs on one dataset); the cached tensors are never mutated."""
-    key = (cfg.dataset, cfg.data_root or os.environ.get("NORMLAB_DATA"), cfg.seed if cfg.dataset == "synthetic-linear" else 0)
+    seed = cfg.seed if cfg.dataset == "synthetic-linear" else 0   # the only dataset that depends on the seed
+    key = (cfg.dataset, cfg.data_root or os.environ.get("NORMLAB_DATA"), seed)
     if key not in _DATA_CACHE:
         if len(_DATA_CACHE) >= 2:
             _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[key] = data_mod.load(cfg.dataset, root=cfg.data_root, seed=key[2])
+        _DATA_CACHE[key] = data_mod.load(cfg.dataset, root=cfg.data_root, seed=seed)
     return _DATA_CACHE[key]
 
 
@@ -226,6 +226,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable
     cfg = cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / SUMMARY).exists():   # summary.json is written once a run has ended: nothing to redo
+        saved = json.loads((out / SUMMARY).read_text())
+        if saved.get("config") == cfg.canonical():
+            return saved
     rank, local_rank, world = dist_mod.env_world()
     if world == 1 and cfg.nproc > 1:
         dist_mod.spawn(cfg, str(out), hooks, resume)

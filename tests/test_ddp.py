@@ -76,7 +76,6 @@ def test_sync_bn_matches_one_process(root, tmp_path):
 def test_average_gradients_single_rank_group(tmp_path):
     """average_gradients on a 1-process gloo group leaves gradients unchanged and returns the loss."""
     import os
-    import torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(dist_mod.free_port()), RANK="0", WORLD_SIZE="1")
     try:
         dist_mod.init(torch.device("cpu"), 30)

@@ -108,7 +108,7 @@ def test_ics_matches_brute_force(kind, opt_kind):
         assert r["cos"] == pytest.approx(cos, rel=1e-9)
         assert r["g_norm"] == pytest.approx(float(G.norm()), rel=1e-12)
         assert r["finite"] is True
-    assert rows[0]["l2"] == 0.0 and rows[0]["cos"] == pytest.approx(1.0, abs=1e-12) and rows[0]["n_earlier"] == 0
+    assert rows[0]["l2"] == 0.0 and rows[0]["cos"] == 1.0 and rows[0]["n_earlier"] == 0
     assert all(r["l2"] > 0 for r in rows[1:])   # the measurement can see a shift
 
 
@@ -167,3 +167,39 @@ def test_non_finite_reported():
     assert rows[2]["finite"] is False and rows[2]["l2"] != rows[2]["l2"]   # NaN kept, not dropped
     assert rows[3]["finite"] is False   # W_2 updated with a NaN gradient poisons G' of later layers
     assert rows[1]["finite"] is True
+
+
+def test_named_param_groups_and_frozen_params():
+    """An optimizer built from named_parameters() with two groups, and a parameter without a gradient: the
+    scratch optimizer keeps the groups' settings and skips the frozen parameter, as step() would."""
+    torch.manual_seed(0)
+    model = deep_linear(4).double()
+    x = torch.randn(20, 10, dtype=torch.float64)
+    y = torch.randn(20, 10, dtype=torch.float64)
+    named = list(model.named_parameters())
+    opt = torch.optim.SGD([{"params": named[:2], "lr": 0.2}, {"params": named[2:], "lr": 0.05, "momentum": 0.5}],
+                          lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    model[1].weight.grad = None   # frozen this step: neither updated nor measured from .grad
+    rows = ics(model, F.mse_loss, x, y, opt, layers=[2, 3], recompute=False)
+    for r, i in zip(rows, (2, 3)):
+        G, Gp = brute_force_skip(model, opt, F.mse_loss, x, y, i, skip=1)
+        assert r["l2"] == pytest.approx(float((G - Gp).norm()), rel=1e-9)
+
+
+def brute_force_skip(model, opt, loss_fn, x, y, i, skip):
+    name = weight_layers(model)[i][0] + ".weight"
+    k = [n for n, _ in model.named_parameters()].index(name)
+    G = dict(model.named_parameters())[name].grad.clone()
+    m2, o2 = copy.deepcopy((model, opt))
+    for j, (p, q) in enumerate(zip(model.parameters(), m2.parameters())):
+        q.grad = p.grad.clone() if j < k and j != skip else None
+    o2.step()
+    o2.zero_grad()
+    loss_fn(m2(x), y).backward()
+    return G, dict(m2.named_parameters())[name].grad.clone()

@@ -62,17 +62,23 @@ def test_quadratic_closed_form():
     assert torch.equal(model.w.detach(), w) and torch.equal(model.w.grad, g)   # weights and grad untouched
 
 
-def test_direction_from_grad_vs_recomputed():
-    """A .grad that is not the gradient changes the direction: g = e_0 gives pred = s ||H e_0||."""
+def test_direction_and_base_gradient_sources():
+    """g = .grad = e_0 (not the gradient). Hook case: .grad is also grad L(w), so pred = ||e_0 - H(w - s e_0)||.
+    bn_mode other than the model's mode: grad L(w) = H w is recomputed, pred = s ||H e_0||.
+    use_grad=False: g = H w, pred = s ||H g||."""
     model, H = make_quadratic()
+    w = model.w.detach().clone()
     e0 = torch.zeros(6, dtype=torch.float64)
     e0[0] = 1.0
     model.w.grad = e0
     r = landscape(model, ident, torch.zeros(1), None, multipliers=[0.1])
+    assert r["pred"][0] == pytest.approx(float((e0 - H @ (w - 0.1 * e0)).norm()), rel=1e-10)
+    assert r["loss0"] == pytest.approx(float(0.5 * w @ H @ w), rel=1e-12)
+    r = landscape(model, ident, torch.zeros(1), None, multipliers=[0.1], bn_mode="eval")
     assert r["pred"][0] == pytest.approx(0.1 * float(H[:, 0].norm()), rel=1e-10)
-    r2 = landscape(model, ident, torch.zeros(1), None, multipliers=[0.1], use_grad=False)
-    g = H @ model.w.detach()
-    assert r2["pred"][0] == pytest.approx(0.1 * float((H @ g).norm()), rel=1e-10)
+    r = landscape(model, ident, torch.zeros(1), None, multipliers=[0.1], use_grad=False)
+    g = H @ w
+    assert r["pred"][0] == pytest.approx(0.1 * float((H @ g).norm()), rel=1e-10)
 
 
 def test_multiplier_grids():

@@ -72,7 +72,9 @@ def test_scale_reduce_records_the_reductions():
     paper = Scale("paper", steps=50_000, width=100, seeds=3)
     quick = paper.reduce("quick", "2-core CPU", steps=2000)
     assert (quick.steps, quick.width, paper.steps) == (2000, 100, 50_000)
-    assert quick.describe() == ["steps: 50,000 → 2000 (2-core CPU)"]
+    assert quick.describe() == ["steps 50,000 → 2000 (2-core CPU)"]
+    both = quick.reduce("q2", "narrower", width=50, steps=1000)
+    assert both.describe() == ["steps 50,000 → 2000 (2-core CPU)", "width 100 → 50, steps 2000 → 1000 (narrower)"]
     with pytest.raises(ValueError, match="unknown parameter"):
         paper.reduce("q", "why", stepz=1)
     with pytest.raises(AttributeError, match="no parameter 'lr'"):

@@ -269,3 +269,26 @@ def test_cli_train_and_errors(root, tmp_path):
     s = ckpt.read_json(out / "summary.json")
     assert s["config"]["model_kw"] == {"hidden": [16]} and s["config"]["batch_size"] == 30
     assert (out / "checkpoint.pt").exists() and len(ckpt.read_jsonl(out / "metrics.jsonl")) == 3
+
+
+def test_train_samples_subset_and_augment(root, tmp_path):
+    s = train(cfg_for(root, train_samples=100, batch_size=50, steps=4, augment=True, eval_every=2), tmp_path)
+    assert s["train_size"] == 100 and s["status"] == "completed"
+    with pytest.raises(ConfigError, match="batch_size: 120 is larger .*100 samples kept by train_samples"):
+        train(cfg_for(root, train_samples=100, batch_size=120), tmp_path)
+    with pytest.raises(ConfigError, match="train_samples: 601 is more than"):
+        train(cfg_for(root, train_samples=601), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_request_without_cuda(root, tmp_path):
+    with pytest.raises(ConfigError, match="device: 'cuda' asked for but CUDA is not available"):
+        train(cfg_for(root, device="cuda"), tmp_path)
+
+
+def test_resume_of_finished_run_without_checkpoint_returns_summary(root, tmp_path):
+    cfg = cfg_for(root, steps=5, checkpoint_every=0, model_kw={"hidden": (16,)})   # tuple: compared as JSON
+    first = train(cfg, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("sentinel\n")   # would be rewritten by a new run
+    assert train(cfg, tmp_path, resume=True) == first
+    assert (tmp_path / "metrics.jsonl").read_text() == "sentinel\n"

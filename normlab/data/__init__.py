@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +46,8 @@ class Dataset:
                 f"source={self.source!r})")
 
     def to(self, device: torch.device | str) -> "Dataset":
-        for k in ("x_train", "y_train", "x_test", "y_test"):
-            setattr(self, k, getattr(self, k).to(device))
-        return self
+        """A copy with the four tensors on `device` (this one is left as it is)."""
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
 
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:
@@ -214,7 +213,8 @@ def load(name: str, root: str | os.PathLike | None = None, seed: int = 0, downlo
     return _load_mnist_like(name, root, download)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True, crop: int = 4) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True,
+            crop: int = 4) -> torch.Tensor:
     """Random horizontal flips and random crops with `crop` pixels of zero padding, per sample (train only).
     x: (N, C, H, W) -> same shape, new tensor."""
     n, _, h, w = x.shape

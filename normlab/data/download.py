@@ -11,8 +11,10 @@ from .readers import DataError
 
 # name -> list of (file name, [mirror urls], sha256 or None, md5). md5s are the ones torchvision/the authors publish;
 # a download must match every checksum given.
-_MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"]
-_FASHION_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+_MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+                  "https://storage.googleapis.com/cvdf-datasets/mnist/"]
+_FASHION_MIRRORS = ["https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+                    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
 FILES: dict[str, list[tuple[str, list[str], str | None, str]]] = {
     "mnist": [
         ("train-images-idx3-ubyte.gz", _MNIST_MIRRORS,

@@ -26,7 +26,8 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated, delete it and fetch it again") from e
+        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated, "
+                        f"delete it and fetch it again") from e
 
 
 # IDX: big-endian magic (0, 0, dtype code, ndim), ndim uint32 sizes, then the data.

@@ -148,9 +148,9 @@ def loss_and_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torc
 
 
 def flat_norm(tensors: Iterable[torch.Tensor]) -> float:
-    """l2 norm of the concatenation (the vectorized / Frobenius norm), in float64."""
-    sq = sum(float(t.detach().double().pow(2).sum()) for t in tensors)
-    return math.sqrt(sq)
+    """l2 norm of the concatenation (the vectorized / Frobenius norm); per-tensor norms in the tensors' dtype."""
+    norms = [torch.linalg.vector_norm(t.detach()) for t in tensors]
+    return float(torch.linalg.vector_norm(torch.stack(norms).double())) if norms else 0.0
 
 
 def finite(*values: float) -> bool:

@@ -28,14 +28,15 @@ DEFAULT_PERCENTILES = (15.0, 50.0, 85.0)
 
 def unit_percentiles(values: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     """(len(qs), C) percentiles of each row of values (C, m), numpy's 'linear' rule; NaN rows for non-finite."""
-    v, _ = values.double().sort(dim=1)
+    v, _ = values.sort(dim=1)   # sorted in the input's dtype; only the picked columns go to float64
     m = v.shape[1]
     out = []
     for q in qs:
         pos = q / 100.0 * (m - 1)
         lo, frac = int(math.floor(pos)), pos - math.floor(pos)
         hi = min(lo + 1, m - 1)
-        out.append(v[:, lo] + (v[:, hi] - v[:, lo]) * frac)
+        a, b = v[:, lo].double(), v[:, hi].double()
+        out.append(a + (b - a) * frac)
     res = torch.stack(out)
     bad = ~torch.isfinite(values).all(dim=1)
     res[:, bad] = float("nan")

@@ -30,7 +30,7 @@ class HessianOperator:
         named = trainable(model)
         if not named:
             raise ValueError("model: no trainable parameters")
-        self.leaves = [p.detach().requires_grad_(True) for _, p in named]
+        self.leaves = [p.detach().clone().requires_grad_(True) for _, p in named]   # a snapshot of w
         with model_mode(model, bn_mode == "train"), rng_fork(x, model), torch.enable_grad():
             self.loss = loss_of(model, loss_fn, {n: t for (n, _), t in zip(named, self.leaves)}, x, y)
             grads = torch.autograd.grad(self.loss, self.leaves, create_graph=True, allow_unused=True)
@@ -38,16 +38,28 @@ class HessianOperator:
         self.dim = sum(t.numel() for t in self.leaves)
 
     def matvec(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H v = d<g(w), v>/dw, by autograd.grad(g, w, grad_outputs=v) on the retained double-backward graph."""
+        live = [k for k, g in enumerate(self.grads) if g.requires_grad]
+        if not live:
+            return [torch.zeros_like(t) for t in self.leaves]   # the loss is linear in w: H = 0
         with torch.enable_grad():
-            dot = sum((g * u).sum() for g, u in zip(self.grads, v) if g.requires_grad)
-            if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-                return [torch.zeros_like(t) for t in self.leaves]   # the loss is linear in w: H = 0
-            hv = torch.autograd.grad(dot, self.leaves, retain_graph=True, allow_unused=True)
+            hv = torch.autograd.grad([self.grads[k] for k in live], self.leaves, [v[k] for k in live],
+                                     retain_graph=True, allow_unused=True)
         return [torch.zeros_like(t) if h is None else h.detach() for t, h in zip(self.leaves, hv)]
 
+    def flat_matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """The same on one flat vector of length dim (parameters concatenated in registration order)."""
+        parts = [u.view_as(t) for u, t in zip(torch.split(v, [t.numel() for t in self.leaves]), self.leaves)]
+        return torch.cat([h.reshape(-1) for h in self.matvec(parts)])
 
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return float(sum(float((u.double() * v.double()).sum()) for u, v in zip(a, b)))
+    def random(self, kind: str, gen: torch.Generator) -> torch.Tensor:
+        """A flat random vector: "gauss" N(0, I) or "rademacher" +-1, drawn on the CPU from `gen`."""
+        t = self.leaves[0]
+        if kind == "gauss":
+            v = torch.randn(self.dim, generator=gen, dtype=t.dtype)
+        else:
+            v = (torch.randint(0, 2, (self.dim,), generator=gen) * 2 - 1).to(t.dtype)
+        return v.to(t.device)
 
 
 def top_eigenvalue(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 20,
@@ -60,22 +72,20 @@ def top_eigenvalue(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torc
     if not (tol >= 0):
         raise ValueError(f"tol: expected a number >= 0, got {tol!r}")
     op = HessianOperator(model, loss_fn, x, y, bn_mode)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in op.leaves]
-    norm = math.sqrt(_dot(v, v))
-    v = [u / norm for u in v]
+    v = op.random("gauss", torch.Generator(device="cpu").manual_seed(seed))
+    v = v / v.norm()
     history: list[float] = []
     change = float("inf")
     for _ in range(iters):
-        hv = op.matvec(v)
-        lam = _dot(v, hv)
+        hv = op.flat_matvec(v)
+        lam = float(torch.dot(v, hv))
         if history:
             change = abs(lam - history[-1]) / max(abs(lam), 1e-30)
         history.append(lam)
-        norm = math.sqrt(_dot(hv, hv))
+        norm = float(hv.norm())
         if not math.isfinite(lam) or not math.isfinite(norm) or norm == 0:
             break
-        v = [u / norm for u in hv]
+        v = hv / norm
         if tol and change <= tol:
             break
     lam = history[-1]
@@ -94,8 +104,8 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     gen = torch.Generator(device="cpu").manual_seed(seed)
     vals = []
     for _ in range(samples):
-        v = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t.dtype).to(t.device) for t in op.leaves]
-        vals.append(_dot(v, op.matvec(v)))
+        v = op.random("rademacher", gen)
+        vals.append(float(torch.dot(v, op.flat_matvec(v))))
     est = torch.tensor(vals, dtype=torch.float64)
     stderr = float(est.std() / math.sqrt(samples)) if samples > 1 else float("nan")
     tr = float(est.mean())

@@ -41,8 +41,8 @@ def simulate_step(optimizer: torch.optim.Optimizer, grads: dict[nn.Parameter, to
     clones: dict[nn.Parameter, torch.Tensor] = {}
     groups = []
     for group in optimizer.param_groups:
-        params = []
-        for p in group["params"]:
+        params, keep = [], []
+        for k, p in enumerate(group["params"]):
             g = grads.get(p)
             if g is None:
                 continue
@@ -50,8 +50,12 @@ def simulate_step(optimizer: torch.optim.Optimizer, grads: dict[nn.Parameter, to
             c.grad = g.detach().clone()
             clones[p] = c
             params.append(c)
+            keep.append(k)
         if params:
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+            settings = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+            if "param_names" in group:   # optimizers built from named_parameters()
+                settings["param_names"] = [group["param_names"][k] for k in keep]
+            groups.append({**settings, "params": params})
     if not groups:
         return {}
     cls = type(optimizer)
@@ -121,7 +125,10 @@ def _row(name: str, index: int | None, G: torch.Tensor, Gp: torch.Tensor, n_earl
     l2 = flat_norm([g - gp])
     gn, gpn = flat_norm([g]), flat_norm([gp])
     denom = gn * gpn
-    cos = float(g @ gp) / denom if denom > 0 else float("nan")
+    if Gp is G:   # no earlier parameters: G' = G by definition
+        cos = 1.0 if gn > 0 else float("nan")
+    else:
+        cos = float(g @ gp) / denom if denom > 0 else float("nan")
     rel = l2 / gn if gn > 0 else float("nan")
     return {"layer": name, "index": index, "l2": l2, "cos": cos, "rel_l2": rel, "g_norm": gn, "g_prime_norm": gpn,
             "n_earlier": n_earlier, "finite": finite(l2, gn, gpn)}

@@ -12,8 +12,9 @@ of the learning rate eta, i.e. s from a*eta to b*eta, linearly or log-spaced. Th
 
 BN at the probe points (bn_mode): "train" (default, the paper's setting) = the model in training mode, batch
 statistics of the same batch, running buffers untouched; "eval" = the model in eval mode (running statistics).
-grad L(w) is always recomputed in that mode on the same batch; the weights are never written (probes swap
-w - s g in with functional_call), so they are exactly as before. Cost: points + 1 forward+backward passes.
+The weights are never written (probes swap w - s g in with functional_call), so they stay exactly as they were.
+Cost: `points` forward+backward passes plus one forward (grad L(w) read from .grad, the hook case) or plus one
+forward+backward (grad L(w) recomputed: no .grad, use_grad=False, or bn_mode other than the model's mode).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .common import check_bn_mode, flat_norm, loss_and_grads, model_mode, rng_fork, trainable
+from .common import check_bn_mode, flat_norm, loss_and_grads, loss_of, model_mode, rng_fork, trainable
 
 SPAN_VGG = (0.5, 4.0)
 SPAN_LINEAR = (0.01, 30.0)
@@ -65,6 +66,9 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
 
     lr: the step's learning rate (needed unless `multipliers` is given). use_grad: take g from .grad when every
     trainable parameter has one (the training step's direction); otherwise g = grad L(w) recomputed in bn_mode.
+    When .grad is used and bn_mode is the model's current mode (the hook case), .grad is also taken as grad L(w)
+    and L(w) costs one no-grad forward; pass use_grad=False with stochastic layers (dropout, noisy BN) or under
+    DDP (averaged .grad), so that every gradient is computed on the same batch with the same noise.
     Keys: multipliers, losses, pred (per s), beta (per s), loss0 (L(w)), grad_norm (||g||), loss_range [min, max],
     pred_max, pred_mean, beta_max, bn_mode, finite (False if any value is inf/NaN; aggregates then carry it).
     """
@@ -76,13 +80,16 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     ms = _check_multipliers(multipliers)
     named = trainable(model)
     names = [n for n, _ in named]
+    have = use_grad and all(p.grad is not None for _, p in named)
+    reuse = have and bn_mode == ("train" if model.training else "eval")
     with torch.no_grad(), model_mode(model, bn_mode == "train"), rng_fork(x, model) as rewind:
-        with torch.enable_grad():
-            loss0, grad0 = loss_and_grads(model, loss_fn, x, y)
-        if use_grad and all(p.grad is not None for _, p in named):
-            direction = [p.grad.detach() for _, p in named]
+        if reuse:   # .grad is grad L(w) in this mode: only L(w) is missing, one forward
+            grad0 = direction = [p.grad.detach() for _, p in named]
+            loss0 = loss_of(model, loss_fn, {}, x, y, need_grad=False)
         else:
-            direction = grad0
+            with torch.enable_grad():
+                loss0, grad0 = loss_and_grads(model, loss_fn, x, y)
+            direction = [p.grad.detach() for _, p in named] if have else grad0
         gnorm = flat_norm(direction)
         losses, pred, beta = [], [], []
         for s in ms:

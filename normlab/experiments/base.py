@@ -52,8 +52,11 @@ class Scale:
         return Scale(name, red, **{**self.params, **changes})
 
     def describe(self) -> list[str]:
-        """Human lines 'key: old -> new (why)' for the report."""
-        return [f"{k}: {_fmt(a)} → {_fmt(b)} ({why})" for k, a, b, why in self.reductions]
+        """Human lines 'key: old → new, ... (why)' for the report, one per reason."""
+        by_why: dict[str, list[str]] = {}
+        for k, a, b, why in self.reductions:
+            by_why.setdefault(why, []).append(f"{k} {_fmt(a)} → {_fmt(b)}")
+        return [f"{', '.join(parts)} ({why})" for why, parts in by_why.items()]
 
 
 def _fmt(v: Any) -> str:
@@ -209,8 +212,10 @@ class Experiment:
         return train_run(self, run, out_dir)
 
     def hooks(self, run: Run) -> list:
-        """Instruments (train hooks) for this run, built from run.config["instruments"]. Default: none."""
-        return []
+        """Instruments (train hooks) for this run, built from the specs in run.config["instruments"] only (a run may
+        be shared by several experiments, so its spec alone must say what is measured)."""
+        from .instruments import build
+        return [build(spec) for spec in run.config.get("instruments", [])]
 
     def analyze(self, results: list[Result], scale: Scale) -> Outcome:
         raise NotImplementedError

@@ -68,20 +68,29 @@ def at_step(result: Result, key: str, step: int, source: str = "metrics") -> flo
     return float(min(rows, key=lambda row: abs(row["step"] - step))[key])
 
 
-def curve(results: Sequence[Result], key: str, source: str = "metrics",
+def curve(results: Sequence[Result], key: str | Callable[[dict], float | None], source: str = "metrics",
           where: Callable[[dict], bool] | None = None) -> tuple[list[float], list[list[float]]]:
-    """(steps, per-seed values) of `key` on the steps every seed recorded."""
+    """(steps, per-seed values) of `key` (a row key, or a function of the row) on the steps every seed recorded."""
+    get = key if callable(key) else (lambda row: row.get(key))
     per_seed: list[dict[int, float]] = []
     for r in results:
         d = {}
         for row in r.records(source):
-            if row.get(key) is not None and (where is None or where(row)):
-                d[row["step"]] = float(row[key])
+            if where is None or where(row):
+                v = get(row)
+                if v is not None:
+                    d[row["step"]] = float(v)
         per_seed.append(d)
     if not per_seed:
         return [], []
     steps = sorted(set.intersection(*(set(d) for d in per_seed)))
     return steps, [[d[s] for s in steps] for d in per_seed]
+
+
+def rows_of(result: Result, hook: str, layer: str | None = None) -> list[dict]:
+    """diagnostics.jsonl rows of one hook (and one layer), in step order."""
+    return [row for row in result.diagnostics
+            if row.get("hook") == hook and (layer is None or row.get("layer") == layer)]
 
 
 def band(label: str, steps: Sequence[float], per_seed: Sequence[Sequence[float]], **kw) -> dict:
@@ -109,3 +118,31 @@ def stat_text(values: Sequence[float], fmt: str = ".3g", scale: float = 1.0) -> 
         return "—"
     m = sum(f) / len(f)
     return f"{m * scale:{fmt}} [{min(f) * scale:{fmt}}, {max(f) * scale:{fmt}}]"
+
+
+def quarter_layers(n: int) -> list[int]:
+    """Weight-layer indices at 1/4 and 3/4 of the depth (an early and a late layer, fixed before any run)."""
+    return sorted({round(0.25 * (n - 1)), round(0.75 * (n - 1))})
+
+
+def relu_inputs(model_name: str, norm: str, in_shape: tuple, num_classes: int, model_kw: dict,
+                indices: Sequence[int]) -> list[str]:
+    """Module names of the first ReLU after weight layer i, for i in `indices`: its input is the activation a layer
+    passes on (after the norm, and after the noise of noisy BN)."""
+    from torch import nn
+    from .. import models
+    model = models.build(model_name, norm, in_shape, num_classes, **model_kw)
+    weights = {id(m) for _, m in models.weight_layers(model)}
+    names, seen, want = [], -1, set(indices)
+    for name, m in model.named_modules():
+        if id(m) in weights:
+            seen += 1
+        elif isinstance(m, nn.ReLU) and seen in want and len(names) < len(want) and \
+                (not names or names[-1][0] != seen):
+            names.append((seen, name))
+    return [n for _, n in names]
+
+
+def n_weight_layers(model_name: str, in_shape: tuple, num_classes: int, model_kw: dict) -> int:
+    from .. import models
+    return len(models.weight_layers(models.build(model_name, "none", in_shape, num_classes, **model_kw)))

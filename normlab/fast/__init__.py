@@ -9,8 +9,8 @@ It applies to float32 CPU tensors with p = 2 whose statistic sets form one of th
 BatchNorm on NCHW / (N, C, L) / (N, C) / channels_last, and any trailing-dims reduction (LayerNorm, GroupNorm,
 InstanceNorm on contiguous input), with at least MIN_NUMEL values: below that the eager ops are as fast.
 
-Switches: env NORMLAB_FAST=0 turns it off; `set_enabled(False)` / `with disabled():` in Python; `set_enabled("on")`
-uses it for every fitting call regardless of size (tests). The kernels compile lazily at the first call that fits;
+Switches: env NORMLAB_FAST=0 turns it off (NORMLAB_FAST=on: every fitting call, whatever its size); in Python
+`set_enabled(False)` / `with disabled():`, and `set_enabled("on")`. The kernels compile lazily at the first call that fits;
 when that fails (no compiler, not Linux) normlab stays on the eager path and `status()` says why.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 MIN_NUMEL = 1 << 15    # measured crossover (docs/performance.md): smaller calls run as fast eagerly
 THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: forking the pool costs more than it saves
 
-_mode = "off" if os.environ.get("NORMLAB_FAST", "1").strip().lower() in ("0", "off", "false", "no") else "auto"
+_ENV = os.environ.get("NORMLAB_FAST", "auto").strip().lower()
+_mode = "off" if _ENV in ("0", "off", "false", "no") else "on" if _ENV == "on" else "auto"
 _lib = None
 _error: str | None = None
 _compile_s: float | None = None
@@ -159,37 +160,47 @@ def _with_affine(plan: Plan, x: torch.Tensor, wshape: list[int]) -> Plan | None:
     return Plan(plan.kind, plan.a, plan.c, plan.b, plan.stat_shape, plan.memory_format, k, period, nb)
 
 
+def _make_plan(x: torch.Tensor, dims: tuple[int, ...], wshape: tuple[int, ...] | None) -> Plan | None:
+    nd = x.dim()
+    dset = tuple(sorted({d % nd for d in dims}))
+    if len(dset) != len(dims):
+        return None
+    pl = _layout(x, dset)
+    if pl is None or wshape is None:
+        return pl
+    return _with_affine(pl, x, list(wshape)) if len(wshape) <= nd else None
+
+
+_plans: dict[tuple, Plan | None] = {}
+
+
 def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | None = None,
          bias: torch.Tensor | None = None, shape: Sequence[int] | None = None) -> Plan | None:
     """A Plan when the fast path should run normalize(x, dims) (and the affine weight/bias viewed as `shape`)."""
-    if _mode == "off" or p != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+    if _mode == "off" or p != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() == 0:
         return None
-    if _mode == "auto" and x.numel() < MIN_NUMEL:
+    n = x.numel()
+    if n == 0 or (_mode == "auto" and n < MIN_NUMEL) or torch.compiler.is_compiling() or torch.jit.is_scripting():
         return None
-    if torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return None
-    nd = x.dim()
-    try:
-        dset = sorted({d % nd for d in dims}) if nd else []
-    except (TypeError, ZeroDivisionError):
-        return None
-    if nd == 0 or len(dset) != len(tuple(dims)):
-        return None
-    pl = _layout(x, tuple(dset))
-    if pl is None:
-        return None
+    wshape = None
     if weight is not None or bias is not None:
         for t in (weight, bias):
             if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
                 return None
         ref = weight if weight is not None else bias
         try:
-            wshape = list(ref.view(list(shape)).shape)
+            wshape = tuple(ref.view(list(shape)).shape)
         except (RuntimeError, TypeError):
-            return None
-        if len(wshape) > nd:
-            return None
-        pl = _with_affine(pl, x, wshape)
+            return None   # the eager affine raises its own error
+    try:
+        key = (tuple(x.shape), x.stride(), tuple(int(d) for d in dims), wshape)
+    except (TypeError, ValueError):
+        return None
+    if key not in _plans:   # layouts repeat every step: decide once per shape
+        if len(_plans) > 1024:
+            _plans.clear()
+        _plans[key] = _make_plan(x, key[2], wshape)
+    pl = _plans[key]
     if pl is None or _kernels() is None:
         return None
     return pl
@@ -249,7 +260,7 @@ def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rst
         if w is None:
             part = None
         elif pl.nb == 0:
-            part = torch.zeros(2 * nt * pl.c)
+            part = torch.empty(2 * nt * pl.c)
         else:
             part = torch.empty(2 * pl.a * pl.nb)
         _lib.rows_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), pl.period, pl.nb, _ptr(dw),

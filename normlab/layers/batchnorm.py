@@ -116,23 +116,30 @@ class _BatchNorm(_NormBase):
                              f"got {x.dim()}D input of shape {tuple(x.shape)}")
         self._check_channels(x)
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """xhat, updating running statistics when training. Subclasses (renorm, ghost, Lp) override this."""
+    def _normalize(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """xhat (weight * xhat + bias when given), updating running statistics when training.
+
+        Subclasses (renorm, ghost, Lp) override this with `_normalize(x) -> xhat`.
+        """
         dims = (0, *range(2, x.dim()))
         shape = core.channel_shape(x.dim())
         if not self._use_batch_stats():
-            return core.normalize_with(x, self.running_mean.view(shape), self.running_var.view(shape), self.eps)
+            xhat = core.normalize_with(x, self.running_mean.view(shape), self.running_var.view(shape), self.eps)
+            return core.affine(xhat, weight, bias, shape)
         m = core.count(x, dims)
         if m <= 1:   # as torch: also in eval without running statistics, where it would silently give 0
             raise ValueError(f"input: expected more than 1 value per channel when normalizing with batch statistics "
                              f"(training, or track_running_stats=False), got input of shape {tuple(x.shape)}")
-        xhat, mean, var = core.normalize(x, dims, self.eps)
+        xhat, mean, var = core.normalize_affine(x, dims, self.eps, weight, bias, shape)
         if self.training and self.track_running_stats:
             self._update_running(mean.flatten(), var.flatten(), m, self._tick())
         return xhat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if type(self)._normalize is _BatchNorm._normalize:   # plain BN: the core fuses normalize and affine
+            return self._normalize(x, self.weight, self.bias)
         return core.affine(self._normalize(x), self.weight, self.bias, core.channel_shape(x.dim()))
 
 

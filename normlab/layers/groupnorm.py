@@ -56,10 +56,10 @@ class GroupNorm(nn.Module):
             raise ValueError(f"input: expected (N, {self.num_channels}, *) with num_channels={self.num_channels} "
                              f"in dim 1, got input of shape {tuple(x.shape)}")
         n = x.shape[0]
-        xg = x.reshape(n, self.num_groups, -1)
-        xhat, _, _ = core.normalize(xg, (2,), self.eps)
-        xhat = xhat.view(x.shape)
-        return core.affine(xhat, self.weight, self.bias, core.channel_shape(x.dim()))
+        # (N, G, C/G, positions): the per-channel affine broadcasts as (G, C/G, 1), so the core can fuse it
+        xg = x.reshape(n, self.num_groups, self.num_channels // self.num_groups, -1)
+        y, _, _ = core.normalize_affine(xg, (2, 3), self.eps, self.weight, self.bias, (self.num_groups, -1, 1))
+        return y.view(x.shape)
 
 
 class LayerNorm(nn.Module):
@@ -100,8 +100,9 @@ class LayerNorm(nn.Module):
         if x.dim() < k or tuple(x.shape[-k:]) != self.normalized_shape:
             raise ValueError(f"input: expected trailing dims equal to normalized_shape={list(self.normalized_shape)}, "
                              f"got input of shape {tuple(x.shape)}")
-        xhat, _, _ = core.normalize(x, tuple(range(x.dim() - k, x.dim())), self.eps)
-        return core.affine(xhat, self.weight, self.bias, self.normalized_shape)
+        y, _, _ = core.normalize_affine(x, tuple(range(x.dim() - k, x.dim())), self.eps, self.weight, self.bias,
+                                        self.normalized_shape)
+        return y
 
 
 class _InstanceNorm(_NormBase):

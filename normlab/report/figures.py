@@ -46,6 +46,13 @@ def render(spec: dict) -> Figure:
             if not pts:
                 ax.plot([], [], color=c, ls=s["ls"], label=f"{s['label']} (no finite values)")
                 continue
+            if s["ls"] == "none" and s["lo"] is not None and s["hi"] is not None:   # points with error bars
+                trip = [(x, y, lo, hi) for x, y, lo, hi in zip(s["x"], s["y"], s["lo"], s["hi"])
+                        if _finite(x) and _finite(y) and _finite(lo) and _finite(hi)]
+                ax.errorbar([t[0] for t in trip], [t[1] for t in trip],
+                            yerr=[[t[1] - t[2] for t in trip], [t[3] - t[1] for t in trip]], color=c, ls="none",
+                            marker=s["marker"] or "o", markersize=5, capsize=4, label=s["label"])
+                continue
             ax.plot([a for a, _ in pts], [b for _, b in pts], color=c, ls=s["ls"], marker=s["marker"],
                     markersize=4, lw=1.5, label=s["label"])
             if s["lo"] is not None and s["hi"] is not None:
@@ -60,7 +67,8 @@ def render(spec: dict) -> Figure:
             ax.set_yscale("log")
         if p["xticks"]:
             ax.set_xticks(p["xticks"])
-            ax.set_xticklabels([f"{t:g}" for t in p["xticks"]])
+            labels = p.get("xticklabels") or [f"{t:g}" for t in p["xticks"]]
+            ax.set_xticklabels(labels, rotation=20 if p.get("xticklabels") else 0, fontsize=8)
             ax.xaxis.set_minor_locator(NullLocator())
         if p["ylim"]:
             ax.set_ylim(*p["ylim"])

@@ -37,11 +37,15 @@ def series(label: str, x: Sequence[float], y: Sequence[float], lo: Sequence[floa
 
 def panel(title: str, xlabel: str, ylabel: str, series_list: list[dict], *, xlog: bool = False, ylog: bool = False,
           ylim: tuple[float, float] | None = None, hline: float | None = None, xticks: Sequence[float] | None = None,
-          legend: bool = True) -> dict:
-    """One axes. xticks: force these tick positions (e.g. batch sizes on a log axis)."""
+          xticklabels: Sequence[str] | None = None, legend: bool = True) -> dict:
+    """One axes. xticks: force these tick positions (e.g. batch sizes on a log axis); xticklabels: their labels.
+    A series drawn with ls="none" shows its lo/hi as error bars instead of a band."""
+    if xticklabels is not None and (xticks is None or len(xticklabels) != len(xticks)):
+        raise ValueError("xticklabels: expected one label per entry of xticks")
     return {"title": title, "xlabel": xlabel, "ylabel": ylabel, "series": list(series_list), "xlog": xlog,
             "ylog": ylog, "ylim": list(ylim) if ylim else None, "hline": hline,
-            "xticks": list(xticks) if xticks else None, "legend": legend}
+            "xticks": list(xticks) if xticks else None,
+            "xticklabels": list(xticklabels) if xticklabels is not None else None, "legend": legend}
 
 
 def figure(name: str, caption: str, panels: list[dict], ncols: int | None = None) -> dict:

@@ -1,0 +1,69 @@
+"""train-eval-gap — normlab's own, after Wu & Johnson (2021), Sec. 5: train/eval discrepancy vs batch size.
+
+Question (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", Sec. 5, train-test inconsistency): in training, BN
+normalizes with the statistics of the current batch; in evaluation, with population statistics. The smaller the
+batch, the more the two differ, so the model evaluated with population statistics behaves less like the model that
+was trained. Measured on the BN runs of wuhe-batch (smallbatch.py): at the last step, the test accuracy of a copy of
+the model with batch statistics over test batches of the training batch size ("train mode") and with PreciseBN
+population statistics ("eval mode", the EMA's lag removed so that only the train/eval difference remains).
+Verdict: |accuracy(train mode) - accuracy(eval mode)| is larger at the smallest batch than at the largest.
+"""
+from __future__ import annotations
+
+from . import smallbatch
+from .base import Experiment, Outcome, Scale
+from .common import groups, stat_text
+from .verdict import greater
+from ..report import figure, panel, series
+
+
+class TrainEvalGap(Experiment):
+    id = "train-eval-gap"
+    title = "Train/eval discrepancy of BN vs batch size"
+    source = "normlab's own (Wu & Johnson 2021, Sec. 5)"
+    claim = ("The gap between BN's behaviour with batch statistics (training) and with population statistics "
+             "(inference) grows as the batch shrinks.")
+    paper_numbers = ("Wu & Johnson 2021 Sec. 5 (plots): with small per-GPU batches the model evaluated with "
+                     "population statistics departs from its training-mode behaviour; using mini-batch statistics at "
+                     "test time narrows the gap.")
+    setup_text = "ResNet-50 on ImageNet at several per-GPU batch sizes; train-mode vs eval-mode evaluation."
+    caveat = ("MNIST, a 3-conv net and 0.2 epoch; on an easy task both modes may reach near-identical accuracy, "
+              "which leaves the gap within seed noise.")
+    scales = smallbatch.SCALES
+
+    def dataset_of(self, s: Scale) -> str:
+        return smallbatch.dataset(s)
+
+    def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
+        return [smallbatch.run(self.id, s, "bn", b, seed, device) for b in s.batches for seed in seeds]
+
+    def analyze(self, results, s: Scale) -> Outcome:
+        g = groups(results)
+        rows = {b: [smallbatch.eval_modes(r) for r in g[f"bn b={b}"]] for b in s.batches}
+        gap = {b: [abs(r["batch_acc"] - r["precise_acc"]) if r else float("nan") for r in rows[b]] for b in rows}
+        small, big = min(s.batches), max(s.batches)
+        check = greater(f"the train/eval accuracy gap is larger at batch {small} than at {big}", f"b={small}",
+                        gap[small], f"b={big}", gap[big], fmt=".2f", scale=100, unit=" pts")
+        bs = sorted(s.batches)
+        ser = []
+        for key, lab in (("batch_acc", "train mode (batch statistics)"), ("precise_acc", "eval mode (population)"),
+                         ("ema_acc", "eval mode (EMA)")):
+            ys = [[100 * r[key] for r in rows[b] if r] for b in bs]
+            ser.append(series(lab, bs, [sum(y) / len(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys],
+                              marker="o"))
+        gs = [[100 * v for v in gap[b]] for b in bs]
+        figs = [figure("gap", "Test accuracy of the final BN model with batch statistics (test batches of the "
+                              "training batch size) vs population statistics, and their gap, per training batch "
+                              "size; mean and [min, max] over seeds.",
+                       [panel("accuracy by statistics used", "training batch size", "test accuracy (%)", ser,
+                              xlog=True, xticks=bs),
+                        panel("|train mode - eval mode|", "training batch size", "accuracy gap (points)",
+                              [series("gap", bs, [sum(y) / len(y) for y in gs], [min(y) for y in gs],
+                                      [max(y) for y in gs], marker="o")], xlog=True, xticks=bs)])]
+        table = [{"batch": b, "gap (pts)": stat_text(gap[b], ".2f", 100),
+                  "train-mode acc (%)": stat_text([r["batch_acc"] for r in rows[b] if r], ".2f", 100),
+                  "eval-mode acc (%)": stat_text([r["precise_acc"] for r in rows[b] if r], ".2f", 100)} for b in bs]
+        return Outcome(check, [check], figs, table)
+
+
+EXPERIMENT = TrainEvalGap()
