@@ -4,7 +4,9 @@ momentum step. Each repetition times one step and then each instrument right aft
 noise hits both alike); ratio = median wall time (instrument) / median wall time (step), cpu_ratio the same with
 this process's CPU time (less sensitive to other processes on a shared machine; informational).
 Targets: ICS over all k weight layers <= k + 1 steps; landscape with 8 points <= 9; Hessian top eigenvalue with
-20 iterations <= 45. Distributions, Theorem 4.1 and a 10-sample Hutchinson trace are reported without a target.
+20 iterations <= 45. ICS and the landscape are timed on the hook path (.grad from the step, and for the landscape
+the step's loss as L(w)); the landscape with everything recomputed (one forward+backward more), distributions,
+Theorem 4.1 and a 10-sample Hutchinson trace are reported without a target.
 Run: `.venv/bin/python benchmarks/bench_diagnostics.py [--quick]` (2 torch threads; NORMLAB_BENCH_THREADS=1 for a
 comparison on a busy machine, where two threads wait on each other in every small parallel op)."""
 from __future__ import annotations
@@ -57,7 +59,11 @@ def run(quick: bool = False) -> list[dict]:
 
         instruments: list[tuple[str, Callable[[], object], float | None]] = [
             (f"ics all {k} layers", lambda: D.ics(model, F.cross_entropy, x, y, opt), k + 1),
-            ("landscape 8 points", lambda: D.landscape(model, F.cross_entropy, x, y, lr=0.05, points=8), 9),
+            # the hook path: g and grad L(w) from .grad, L(w) = the step's loss (LandscapeHook passes ctx.loss)
+            ("landscape 8 points (hook)", lambda: D.landscape(model, F.cross_entropy, x, y, lr=0.05, points=8,
+                                                              loss0=1.0), 9),
+            ("landscape 8 points (recompute)", lambda: D.landscape(model, F.cross_entropy, x, y, lr=0.05, points=8,
+                                                                   use_grad=False), None),
             ("hessian top eig 20 iters", lambda: D.top_eigenvalue(model, F.cross_entropy, x, y, iters=20), 45),
             ("hessian trace 10 samples", lambda: D.hessian_trace(model, F.cross_entropy, x, y, samples=10), None),
             ("distributions all layers", lambda: D.distributions(model, x), None),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 import time
 import traceback
@@ -87,6 +88,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _allocator() -> str:
+    try:
+        from normlab.fast.alloc import tcmalloc_loaded
+    except ImportError:
+        return "unknown"
+    return "tcmalloc" if tcmalloc_loaded() else "glibc malloc"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (5 instead of >= 20): a smoke run")
@@ -94,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     print(f"normlab benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'quick' if args.quick else 'full'} run")
+          f"{'quick' if args.quick else 'full'} run, allocator {_allocator()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (times are medians; other load inflates them)")
     missed: list[str] = []
     crashed: list[str] = []
     for name in discover(args.only):
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for bench, group in groups.items():
             print(f"\n== {bench} ({name}.py, {time.perf_counter() - t0:.0f} s)")
             print(table(group))
-            missed += [f"{bench}: {r.get('case', '?')}: ratio {_fmt('ratio', r.get('ratio'))} > target "
+            missed += [f"{bench}: {r.get('case', '?')}: ratio {_fmt('ratio', r.get('ratio'))}, target "
                        f"{_fmt('target', r.get('target'))}" for r in group if r.get("ok") is False]
     print()
     if missed:

@@ -147,8 +147,9 @@ def test_nan_inf_in_one_channel_stays_in_that_channel_batchnorm(bad):
     torch.testing.assert_close(xs[0].grad[:, 1:], xs[2].grad[:, 1:], rtol=0, atol=1e-12)
     assert torch.isnan(xs[0].grad[:, 0]).all()
     assert torch.isnan(mine.weight.grad[0]) and torch.isfinite(mine.weight.grad[1:]).all()
+    assert torch.isfinite(mine.bias.grad).all()          # dbeta = sum(dy) only sees the incoming gradient
     assert torch.isnan(mine.running_var[0]) and torch.isfinite(mine.running_var[1:]).all()
-    # running_mean[0]: NaN here for NaN and Inf alike (the Welford update of torch.var_mean turns inf - inf into NaN);
+    # running_mean[0]: NaN here for NaN and Inf alike (centering on the mean turns inf - inf into NaN);
     # torch.nn keeps +-inf there for an Inf input. Non-finite either way, and only in that channel.
     assert torch.equal(torch.isfinite(mine.running_mean), torch.isfinite(ref.running_mean))
     # eval afterwards: the poisoned channel stays NaN for every input until reset_running_stats()

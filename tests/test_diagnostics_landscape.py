@@ -177,3 +177,13 @@ def test_non_finite_kept():
     r = landscape(model, ident, torch.zeros(1), None, multipliers=[0.1, 1.0])
     assert r["losses"][0] == pytest.approx(-math.log(0.8))
     assert math.isnan(r["losses"][1]) and math.isnan(r["loss_range"][1]) and r["finite"] is False
+
+
+def test_given_loss0_used_only_with_grad():
+    model, H = make_quadratic()
+    w = model.w.detach().clone()
+    model.w.grad = H @ w
+    r = landscape(model, ident, torch.zeros(1), None, multipliers=[0.01], loss0=123.0)
+    assert r["loss0"] == 123.0   # the hook passes the step's loss: no extra forward
+    r = landscape(model, ident, torch.zeros(1), None, multipliers=[0.01], loss0=123.0, use_grad=False)
+    assert r["loss0"] == pytest.approx(float(0.5 * w @ H @ w), rel=1e-12)

@@ -280,3 +280,17 @@ def test_layer_gradcheck_and_gradgradcheck(make, shape):
     inputs = (x, *(p.detach().clone().requires_grad_() for p in layer.parameters()))
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
     assert torch.autograd.gradgradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_inplace_relu_after_norm(affine):
+    """The backward reuses the forward's xhat unless it was changed in place since (an in-place ReLU straight on an
+    affine-free norm); then it rebuilds xhat from x, and the gradients still equal torch.nn's."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.BatchNorm2d(3, affine=affine), nn.ReLU(inplace=True)).double()
+    mine = nn.Sequential(normlab.BatchNorm2d(3, affine=affine), nn.ReLU(inplace=True)).double()
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    dx_ref, = torch.autograd.grad(ref(x), x, g)
+    dx, = torch.autograd.grad(mine(x), x, g)
+    torch.testing.assert_close(dx, dx_ref, **TOL)

@@ -149,8 +149,8 @@ def loss_and_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torc
 
 def flat_norm(tensors: Iterable[torch.Tensor]) -> float:
     """l2 norm of the concatenation (the vectorized / Frobenius norm); per-tensor norms in the tensors' dtype."""
-    norms = [torch.linalg.vector_norm(t.detach()) for t in tensors]
-    return float(torch.linalg.vector_norm(torch.stack(norms).double())) if norms else 0.0
+    ts = [t.detach() for t in tensors]
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts)).double())) if ts else 0.0
 
 
 def finite(*values: float) -> bool:

@@ -69,7 +69,7 @@ class LandscapeHook(_Scheduled):
     def measure(self, ctx: Any) -> dict:
         ms = None if self.multipliers is None else [m * ctx.lr for m in self.multipliers]
         row = landscape(ctx.model, ctx.loss_fn, ctx.x, ctx.y, ctx.lr, ms, self.span, self.points, self.spacing,
-                        self.bn_mode)
+                        self.bn_mode, loss0=getattr(ctx, "loss", None))
         row["lr"] = ctx.lr
         return row
 

@@ -13,8 +13,9 @@ of the learning rate eta, i.e. s from a*eta to b*eta, linearly or log-spaced. Th
 BN at the probe points (bn_mode): "train" (default, the paper's setting) = the model in training mode, batch
 statistics of the same batch, running buffers untouched; "eval" = the model in eval mode (running statistics).
 The weights are never written (probes swap w - s g in with functional_call), so they stay exactly as they were.
-Cost: `points` forward+backward passes plus one forward (grad L(w) read from .grad, the hook case) or plus one
-forward+backward (grad L(w) recomputed: no .grad, use_grad=False, or bn_mode other than the model's mode).
+Cost: `points` forward+backward passes; in the hook case (grad L(w) read from .grad, L(w) = the step's loss)
+nothing else, else plus one forward (L(w)) or one forward+backward (grad L(w) recomputed: no .grad, use_grad=False,
+or bn_mode other than the model's mode).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _check_multipliers(multipliers: Sequence[float]) -> list[float]:
 
 def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, lr: float | None = None,
               multipliers: Sequence[float] | None = None, span: tuple[float, float] = SPAN_VGG, points: int = 8,
-              spacing: str = "linear", bn_mode: str = "train", use_grad: bool = True) -> dict:
+              spacing: str = "linear", bn_mode: str = "train", use_grad: bool = True,
+              loss0: float | None = None) -> dict:
     """Loss and gradient along -g; returns one dict (see the module docstring for each quantity).
 
     lr: the step's learning rate (needed unless `multipliers` is given). use_grad: take g from .grad when every
@@ -69,6 +71,8 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     When .grad is used and bn_mode is the model's current mode (the hook case), .grad is also taken as grad L(w)
     and L(w) costs one no-grad forward; pass use_grad=False with stochastic layers (dropout, noisy BN) or under
     DDP (averaged .grad), so that every gradient is computed on the same batch with the same noise.
+    loss0: L(w) when the caller knows it (the hook passes the step's loss); used only in that .grad case, where it
+    saves the forward.
     Keys: multipliers, losses, pred (per s), beta (per s), loss0 (L(w)), grad_norm (||g||), loss_range [min, max],
     pred_max, pred_mean, beta_max, bn_mode, finite (False if any value is inf/NaN; aggregates then carry it).
     """
@@ -83,21 +87,23 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     have = use_grad and all(p.grad is not None for _, p in named)
     reuse = have and bn_mode == ("train" if model.training else "eval")
     with torch.no_grad(), model_mode(model, bn_mode == "train"), rng_fork(x, model) as rewind:
-        if reuse:   # .grad is grad L(w) in this mode: only L(w) is missing, one forward
+        if reuse:   # .grad is grad L(w) in this mode: only L(w) may be missing, one forward
             grad0 = direction = [p.grad.detach() for _, p in named]
-            loss0 = loss_of(model, loss_fn, {}, x, y, need_grad=False)
+            if loss0 is None:
+                loss0 = loss_of(model, loss_fn, {}, x, y, need_grad=False)
         else:
             with torch.enable_grad():
                 loss0, grad0 = loss_and_grads(model, loss_fn, x, y)
             direction = [p.grad.detach() for _, p in named] if have else grad0
         gnorm = flat_norm(direction)
+        w = [p.detach() for _, p in named]
         losses, pred, beta = [], [], []
         for s in ms:
-            params = {n: p.detach() - s * d for (n, p), d in zip(named, direction)}
+            params = dict(zip(names, torch._foreach_add(w, direction, alpha=-s)))   # w - s g
             rewind()
             with torch.enable_grad():
                 loss, grad = loss_and_grads(model, loss_fn, x, y, params, wrt=names)
-            diff = flat_norm([a - b for a, b in zip(grad0, grad)])
+            diff = flat_norm(torch._foreach_sub(grad0, grad))
             losses.append(float(loss))
             pred.append(diff)
             beta.append(diff / (s * gnorm) if gnorm > 0 else float("nan"))

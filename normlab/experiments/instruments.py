@@ -54,7 +54,8 @@ class EvalModes:
     @torch.no_grad()
     def _acc(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, chunk: int) -> tuple:
         correct, total = 0, 0.0
-        n = (len(x) // chunk) * chunk
+        chunk = min(chunk, len(x))
+        n = (len(x) // chunk) * chunk   # whole batches only: batch statistics of a smaller last batch would differ
         for i in range(0, n, chunk):
             out = model(x[i:i + chunk])
             correct += int((out.argmax(1) == y[i:i + chunk]).sum())

@@ -7,11 +7,12 @@ the double backward always takes the eager, differentiable path.
 
 It applies to float32 CPU tensors with p = 2 whose statistic sets form one of three layouts (see kernels.c):
 BatchNorm on NCHW / (N, C, L) / (N, C) / channels_last, and any trailing-dims reduction (LayerNorm, GroupNorm,
-InstanceNorm on contiguous input), with at least MIN_NUMEL values: below that the eager ops are as fast.
+InstanceNorm on contiguous input), with at least MIN_NUMEL values (smaller calls stay eager: runs on tiny tensors
+never compile anything, and there Python overhead dominates either path).
 
 Switches: env NORMLAB_FAST=0 turns it off (NORMLAB_FAST=on: every fitting call, whatever its size); in Python
-`set_enabled(False)` / `with disabled():`, and `set_enabled("on")`. The kernels compile lazily at the first call that fits;
-when that fails (no compiler, not Linux) normlab stays on the eager path and `status()` says why.
+`set_enabled(False)` / `with disabled():`, and `set_enabled("on")`. The kernels compile lazily at the first call
+that fits; when that fails (no compiler, not Linux) normlab stays on the eager path and `status()` says why.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-MIN_NUMEL = 1 << 15    # measured crossover (docs/performance.md): smaller calls run as fast eagerly
-THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: forking the pool costs more than it saves
+MIN_NUMEL = 1 << 15        # smaller calls stay eager in "auto" mode (docs/performance.md)
+THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: waking the pool costs more than it saves
 
 _ENV = os.environ.get("NORMLAB_FAST", "auto").strip().lower()
 _mode = "off" if _ENV in ("0", "off", "false", "no") else "on" if _ENV == "on" else "auto"
@@ -224,6 +225,12 @@ def _threads(x: torch.Tensor) -> int:
     return torch.get_num_threads() if x.numel() >= THREADED_NUMEL else 1
 
 
+def _scratch(pl: Plan, nt: int) -> torch.Tensor | None:
+    """Work space of the ch / col kernels, allocated by torch (so running out of memory is a clean error)."""
+    n = _lib.scratch_bytes(int(pl.kind == "col"), pl.c, pl.b, nt)
+    return torch.empty(n, dtype=torch.uint8) if n else None
+
+
 def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
     """(y, mean, var, rstd): y = w * xhat + b (xhat without affine) in x's memory format; mean/var keepdim
     (the biased variance, as core.statistics), rstd flat (one per statistic set)."""
@@ -233,10 +240,11 @@ def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     mean, var, rstd = torch.empty(pl.stat_shape), torch.empty(pl.stat_shape), torch.empty(sets)
     w, b = _affine_args(weight, bias)
     nt, args = _threads(x), (float(eps), mean.data_ptr(), var.data_ptr(), rstd.data_ptr())
+    scratch = _scratch(pl, nt) if pl.kind != "rows" else None   # held until the kernel returns
     if pl.kind == "ch":
-        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, nt)
+        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, _ptr(scratch), nt)
     elif pl.kind == "col":
-        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, nt)
+        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, _ptr(scratch), nt)
     else:
         _lib.rows_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), pl.period, pl.nb, *args, nt)
     return y, mean, var, rstd
@@ -252,10 +260,12 @@ def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rst
     dw, db = (None, None) if w is None else (torch.empty(w.numel()), torch.empty(w.numel()))
     nt = _threads(x)
     head = (g.data_ptr(), x.data_ptr(), dx.data_ptr())
+    stats = (mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db))
+    scratch = _scratch(pl, nt) if pl.kind != "rows" else None
     if pl.kind == "ch":
-        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db), nt)
+        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, *stats, _ptr(scratch), nt)
     elif pl.kind == "col":
-        _lib.col_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db), nt)
+        _lib.col_bwd(*head, pl.a, pl.c, *stats, _ptr(scratch), nt)
     else:
         if w is None:
             part = None

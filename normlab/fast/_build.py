@@ -21,13 +21,14 @@ SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
 
 _P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-SIGNATURES = {
-    "ch_fwd": [_P, _P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _N],
-    "ch_bwd": [_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _N],
-    "col_fwd": [_P, _P, _I, _I, _P, _P, _D, _P, _P, _P, _N],
-    "col_bwd": [_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _N],
-    "rows_fwd": [_P, _P, _I, _I, _P, _P, _I, _I, _D, _P, _P, _P, _N],
-    "rows_bwd": [_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P, _N],
+SIGNATURES = {   # name: (argument types, return type)
+    "scratch_bytes": ([_N, _I, _I, _N], _I),
+    "ch_fwd": ([_P, _P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N], None),
+    "ch_bwd": ([_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _N], None),
+    "col_fwd": ([_P, _P, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N], None),
+    "col_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _N], None),
+    "rows_fwd": ([_P, _P, _I, _I, _P, _P, _I, _I, _D, _P, _P, _P, _N], None),
+    "rows_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P, _N], None),
 }
 
 
@@ -86,7 +87,7 @@ def build() -> tuple[ctypes.CDLL, float]:
                 os.remove(tmp)
         seconds = time.perf_counter() - t0
     lib = ctypes.CDLL(str(path))
-    for name, args in SIGNATURES.items():
+    for name, (args, ret) in SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, None
+        fn.argtypes, fn.restype = args, ret
     return lib, seconds

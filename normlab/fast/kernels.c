@@ -10,11 +10,11 @@
        rows x is (R, K) contiguous, one set per row r                 LayerNorm, GroupNorm, InstanceNorm
    ch works channel by channel so its second pass finds the channel in cache: the forward streams x once from memory.
    Statistics are one pass around a shift (the set's first value), summed in float within chunks of CHUNK values and
-   in double across chunks, so inputs like 1e4 + N(0, 1) keep their digits; outputs are (x - mean) * scale + shift, never x * a + c, for the same reason.
+   in double across chunks, so inputs like 1e4 + N(0, 1) keep their digits; outputs are (x - mean) * scale + shift,
+   never x * a + c, for the same reason.
    Weights w, b are NULL for no affine (rows also takes per-block or elementwise weights, see rows_fwd). */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <omp.h>
 
 typedef int64_t i64;
@@ -82,18 +82,25 @@ static inline void finish_stats(double s1, double s2, double m, float k, double 
 }
 
 static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float *w, const float *b, double eps,
-                     float *mean, float *var, float *rstd, int nt);
+                     float *mean, float *var, float *rstd, void *scratch, int nt);
 static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i64 B, const float *mean,
-                     const float *rstd, const float *w, float *dw, float *db, int nt);
+                     const float *rstd, const float *w, float *dw, float *db, void *scratch, int nt);
 
 /* ------------------------------------------------------------------------------------------------ ch: (A, C, B)
    Planes of fewer than SMALL_PLANE values (and rows of at most MAX_ROW) go to colx instead. */
 #define SMALL_PLANE 256
 #define MAX_ROW (1 << 16)
+
+/* Bytes of scratch a call needs (the caller allocates it): col (kind 1) and ch with small planes (kind 0). */
+i64 scratch_bytes(int kind, i64 C, i64 B, int nt) {
+    if (kind == 0 && !(B < SMALL_PLANE && C * B <= MAX_ROW)) return 0;
+    const i64 K = kind == 0 ? C * B : C;
+    return 2 * nt * K * (i64)sizeof(double) + (4 + 2 * nt) * K * (i64)sizeof(float);
+}
 void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const float *b, double eps, float *mean,
-            float *var, float *rstd, int nt) {
+            float *var, float *rstd, void *scratch, int nt) {
     if (B < SMALL_PLANE && C * B <= MAX_ROW) {
-        colx_fwd(x, y, A, C, B, w, b, eps, mean, var, rstd, nt);
+        colx_fwd(x, y, A, C, B, w, b, eps, mean, var, rstd, scratch, nt);
         return;
     }
     const double m = (double)A * (double)B;
@@ -113,9 +120,9 @@ void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const
 }
 
 void ch_bwd(const float *g, const float *x, float *dx, i64 A, i64 C, i64 B, const float *mean, const float *rstd,
-            const float *w, float *dw, float *db, int nt) {
+            const float *w, float *dw, float *db, void *scratch, int nt) {
     if (B < SMALL_PLANE && C * B <= MAX_ROW) {
-        colx_bwd(g, x, dx, A, C, B, mean, rstd, w, dw, db, nt);
+        colx_bwd(g, x, dx, A, C, B, mean, rstd, w, dw, db, scratch, nt);
         return;
     }
     const double m = (double)A * (double)B;
@@ -213,10 +220,11 @@ static void col_grad_sums(const float *restrict g, const float *restrict x, i64 
 /* col on (R, K) with K = C * B: column j belongs to channel j / B (B = 1: channels_last; B > 1: NCHW with small
    planes, where streaming whole rows beats the ch kernels' short strided chunks). */
 static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float *w, const float *b, double eps,
-                     float *mean, float *var, float *rstd, int nt) {
+                     float *mean, float *var, float *rstd, void *scratch, int nt) {
     const i64 K = C * B;
-    double *acc = calloc((size_t)(2 * nt * K), sizeof(double));
-    float *f = malloc(sizeof(float) * (4 + 2 * (size_t)nt) * (size_t)K);
+    double *acc = scratch;
+    float *f = (float *)(acc + 2 * nt * K);
+    for (i64 j = 0; j < 2 * nt * K; j++) acc[j] = 0.0;
     float *ks = f, *mu = f + K, *sc = f + 2 * K, *sh = f + 3 * K; /* per column: shift, mean, scale, shift out */
     const double m = (double)R * (double)B;
     for (i64 j = 0; j < K; j++) ks[j] = x[j / B * B];
@@ -248,15 +256,14 @@ static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float 
             for (i64 j = 0; j < K; j++) q[j] = (p[j] - mu[j]) * sc[j] + sh[j];
         }
     }
-    free(acc);
-    free(f);
 }
 
 static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i64 B, const float *mean,
-                     const float *rstd, const float *w, float *dw, float *db, int nt) {
+                     const float *rstd, const float *w, float *dw, float *db, void *scratch, int nt) {
     const i64 K = C * B;
-    double *acc = calloc((size_t)(2 * nt * K), sizeof(double));
-    float *f = malloc(sizeof(float) * (4 + 2 * (size_t)nt) * (size_t)K);
+    double *acc = scratch;
+    float *f = (float *)(acc + 2 * nt * K);
+    for (i64 j = 0; j < 2 * nt * K; j++) acc[j] = 0.0;
     float *mu = f, *k1 = f + K, *k2 = f + 2 * K, *k3 = f + 3 * K;
     const double m = (double)R * (double)B;
     for (i64 j = 0; j < K; j++) mu[j] = mean[j / B];
@@ -291,18 +298,16 @@ static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i6
             for (i64 j = 0; j < K; j++) q[j] = k1[j] * gp[j] + (k2[j] * (xp[j] - mu[j]) + k3[j]);
         }
     }
-    free(acc);
-    free(f);
 }
 
 void col_fwd(const float *x, float *y, i64 R, i64 C, const float *w, const float *b, double eps, float *mean,
-             float *var, float *rstd, int nt) {
-    colx_fwd(x, y, R, C, 1, w, b, eps, mean, var, rstd, nt);
+             float *var, float *rstd, void *scratch, int nt) {
+    colx_fwd(x, y, R, C, 1, w, b, eps, mean, var, rstd, scratch, nt);
 }
 
 void col_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, const float *mean, const float *rstd,
-             const float *w, float *dw, float *db, int nt) {
-    colx_bwd(g, x, dx, R, C, 1, mean, rstd, w, dw, db, nt);
+             const float *w, float *dw, float *db, void *scratch, int nt) {
+    colx_bwd(g, x, dx, R, C, 1, mean, rstd, w, dw, db, scratch, nt);
 }
 
 /* --------------------------------------------------------------------------------------------- rows: (R, K)

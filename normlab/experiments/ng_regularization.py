@@ -1,0 +1,90 @@
+"""ng-regularization — Ioffe & Szegedy (2015), Sec. 3.4, and seed 003 (Ng's lecture): BN's mini-batch noise regularizes.
+
+Setup: Ioffe Sec. 3.4: "a training example is seen in conjunction with other examples in the mini-batch, and the
+training network no longer produces deterministic values for a given example" — a regularizing effect that lets
+them drop Dropout; Ng's lecture adds that the noise, and so the effect, shrinks as the batch grows. No paper gives a
+protocol, so normlab chooses one: the Ioffe MLP (784-100-100-100-10, sigmoid) with BN, no dropout, trained to a
+small training set at batch sizes 16, 64, 256 for the same number of epochs (lr 0.1 * b / 32, so every batch size
+makes comparable progress per epoch); Ghost BN with 16-sample virtual batches at batch 256 (the normalization noise of
+batch 16 with the gradient of batch 256); the plain MLP at 16 and 256 as a control for the gradient noise alone.
+Quick: the embedded 5,000-image MNIST (4,000 train / 1,000 test), 40 epochs.
+
+Gap = final training accuracy - test accuracy, both in eval mode on the whole splits.
+Verdict: (1) the BN net's gap is larger at batch 256 than at 16; (2) at batch 256, Ghost BN (V = 16) has a smaller
+gap than BN.
+"""
+from __future__ import annotations
+
+from .base import Experiment, Outcome, Scale
+from .common import band, curve, final, groups, stat_text, train_run
+from .verdict import all_of, greater, less
+from ..report import figure, panel, series
+
+PAPER = Scale("paper", dataset="mnist", epochs=50, train_size=60_000, batches=(16, 64, 256), ghost=16, lr32=0.1,
+              eval_samples=0, seeds=3)
+QUICK = PAPER.reduce("quick", "a small training set makes the generalization gap visible in CPU time: the embedded "
+                     "5,000-image MNIST (4,000 train), 40 epochs", dataset="mnist-5k", epochs=40, train_size=4000)
+SMOKE = QUICK.reduce("smoke", "tests only", epochs=1, batches=(64, 256), eval_samples=100, seeds=2)
+
+
+class NgRegularization(Experiment):
+    id = "ng-regularization"
+    title = "BN's mini-batch noise as a regularizer"
+    source = "Ioffe & Szegedy 2015, Sec. 3.4; seed 003 (Ng)"
+    claim = ("Mini-batch statistics add noise that regularizes: the generalization gap of a BN net grows with the "
+             "batch size, and normalizing over smaller (ghost) batches shrinks it.")
+    paper_numbers = ("No numbers: Ioffe Sec. 3.4 reports that Dropout can be removed from BN-Inception; Ng: the "
+                     "regularization is slight and decreases with the batch size.")
+    setup_text = "Not specified by the sources; normlab's protocol is stated in the module docstring and below."
+    caveat = ("a small MLP on 4,000 MNIST images; the gap also depends on how far each batch size has fit the "
+              "training set after 40 epochs, and on the LR scaling rule chosen here.")
+    scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
+
+    def dataset_of(self, s: Scale) -> str:
+        return s.dataset
+
+    def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
+        big, small = max(s.batches), min(s.batches)
+        plan = [("bn", b) for b in s.batches] + [(f"ghost-bn:{s.ghost}", big), ("none", small), ("none", big)]
+        out = []
+        for norm, b in plan:
+            steps = max(1, s.epochs * s.train_size // b)
+            out += [train_run(self.id, f"{norm} b={b}", seed, model="mlp", norm=norm, dataset=s.dataset,
+                              init="ioffe", lr=s.lr32 * b / 32, batch_size=b, steps=steps,
+                              eval_every=max(1, steps // 10), eval_samples=s.eval_samples, device=device)
+                    for seed in seeds]
+        return out
+
+    def analyze(self, results, s: Scale) -> Outcome:
+        g = groups(results)
+        gap = {k: [a - b for a, b in zip(final(v, "train_acc"), final(v, "test_acc"))] for k, v in g.items()}
+        big, small = max(s.batches), min(s.batches)
+        ghost = f"ghost-bn:{s.ghost} b={big}"
+        checks = [
+            greater(f"BN's generalization gap is larger at batch {big} than at {small}", f"b={big}",
+                    gap[f"bn b={big}"], f"b={small}", gap[f"bn b={small}"], fmt=".2f", scale=100, unit=" pts"),
+            less(f"at batch {big}, Ghost BN (V={s.ghost}) has a smaller gap than BN", "Ghost BN", gap[ghost], "BN",
+                 gap[f"bn b={big}"], fmt=".2f", scale=100, unit=" pts"),
+        ]
+        verdict = all_of(self.claim, checks)
+        bs = sorted(s.batches)
+        ys = [[100 * v for v in gap[f"bn b={b}"]] for b in bs]
+        ser = [series("BN", bs, [sum(y) / len(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys],
+                      marker="o")]
+        for k, lab in ((ghost, f"Ghost BN V={s.ghost}"), (f"none b={small}", "no BN"), (f"none b={big}", "no BN")):
+            b = int(k.split("=")[-1])
+            v = [100 * x for x in gap[k]]
+            ser.append(series(lab, [b], [sum(v) / len(v)], [min(v)], [max(v)], marker="s", ls="none"))
+        figs = [figure("gap", "Generalization gap (train - test accuracy, eval mode) vs batch size at equal "
+                              "epochs; mean and [min, max] over seeds.",
+                       [panel("generalization gap vs batch size", "batch size", "train - test accuracy (points)",
+                              ser, xlog=True, xticks=bs),
+                        panel("test accuracy", "training step", "test accuracy",
+                              [band(k, *curve(v, "test_acc")) for k, v in g.items() if k.startswith("bn")])])]
+        table = [{"run": k, "gap (pts)": stat_text(v, ".2f", 100),
+                  "train acc (%)": stat_text(final(g[k], "train_acc"), ".2f", 100),
+                  "test acc (%)": stat_text(final(g[k], "test_acc"), ".2f", 100)} for k, v in gap.items()]
+        return Outcome(verdict, checks, figs, table)
+
+
+EXPERIMENT = NgRegularization()

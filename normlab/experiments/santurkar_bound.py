@@ -1,0 +1,119 @@
+"""santurkar-bound — Santurkar et al. (2018), Sec. 4, Theorem 4.1: BN's effect on the gradient, on real batches.
+
+Setup (paper): "any BN net during training". For one BN layer with input y (batch std sigma_j, standardized yhat_j)
+and output z, Theorem 4.1 bounds ||grad_y L||^2 by gamma^2/sigma^2 (||g||^2 - <1,g>^2/m - <g,yhat>^2/m), g = dL/dz
+(SPEC §1.4: the right side holds with equality under that reading, up to eps). normlab checks it on every BN layer of
+a VGG during training (diagnostics.theorem41: the left side from autograd, both right sides in closed form) and
+reports the shrink factors gamma^2/sigma^2 and the fraction of ||g||^2 the two projections remove; the plain net's
+whole-network gradient norm is recorded beside the BN net's.
+Quick: MNIST, VGG-11 layout at 1/8 width, 300 steps, lr 0.1.
+
+Instruments: BoundHook (every BN layer) and a one-point LandscapeHook (for ||grad L||) every `every` steps.
+Verdict: (1) the closed-form identity matches autograd in every record (identity_err <= 1e-4); (2) the theorem's
+inequality holds in every record; (3) BN shrinks the gradient: ||dL/dy||^2 / ||dL/dz||^2 (averaged over layers and
+records) is below 1.
+"""
+from __future__ import annotations
+
+import math
+
+from .base import Experiment, Outcome, Scale, Verdict
+from .common import band, curve, groups, pick_dataset, rows_of, stat_text, time_mean, train_run
+from .instruments import spec
+from .verdict import all_of, less
+from ..report import figure, panel
+
+PAPER = Scale("paper", dataset="cifar10", in_shape=(3, 32, 32), vgg="vgg11", width=1.0, steps=15_000, batch=128,
+              lr=0.1, every=500, eval_samples=0, seeds=3)
+QUICK = (PAPER.reduce("quick", "CIFAR-10 cannot be had offline: MNIST", dataset="mnist", in_shape=(1, 28, 28))
+         .reduce("quick", "a 2-core CPU: 1/8 width, 300 steps", width=0.125, steps=300, every=20, eval_samples=1000))
+SMOKE = QUICK.reduce("smoke", "tests only", width=0.0625, batch=16, steps=4, every=2, eval_samples=64, seeds=2)
+
+
+def _all_hold(claim: str, rows: list[dict], key: str, what: str, value) -> Verdict:
+    """A statement checked in every record (not a comparison of seeds): supported iff it holds in all of them."""
+    if not rows:
+        return Verdict(claim, "inconclusive", math.nan, "no records", "no BN layer was measured")
+    ok = sum(bool(r[key]) for r in rows)
+    w = max(value(r) for r in rows)
+    outcome = "supported" if ok == len(rows) else "not supported"
+    return Verdict(claim, outcome, w, f"holds in {ok}/{len(rows)} (layer, step, seed) records; worst {what} {w:.3g}")
+
+
+class SanturkarBound(Experiment):
+    id = "santurkar-bound"
+    title = "Theorem 4.1 on real batches: BN shrinks the gradient"
+    source = "Santurkar et al. 2018, Sec. 4, Theorem 4.1"
+    claim = ("The inequality of Theorem 4.1 holds for every BN layer during training, and BN's gradient w.r.t. its "
+             "input is smaller than w.r.t. its output by the predicted factors (γ²/σ² and the two projections).")
+    paper_numbers = "A theorem: no numbers; the bound is an identity when read with g = dL/dz (SPEC §1.4)."
+    setup_text = "Any BN network during training (normlab: the VGG of santurkar-vgg with BN)."
+    caveat = ("parts (1) and (2) are identities, so a failure there would point at the BN backward; part (3) depends "
+              "on γ²/σ²: Santurkar et al. take σ_j to be large, but with Glorot init on MNIST the pre-BN activations "
+              "can have σ < 1, and then the factor exceeds 1 (see γ²/σ² in the table).")
+    scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
+
+    def dataset_of(self, s: Scale) -> str:
+        return pick_dataset([s.dataset, "mnist-5k"]) if s.dataset == "mnist" else s.dataset
+
+    def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
+        kw = {"cfg": s.vgg, "width": s.width}
+        out = []
+        for norm in ("bn", "none"):
+            inst = [spec("landscape", span=[0.5, 0.5], points=1, every=s.every)]
+            if norm == "bn":
+                inst.insert(0, spec("bound", every=s.every))
+            out += [train_run(self.id, norm, seed, inst, model="vgg", norm=norm, dataset=self.dataset_of(s),
+                              init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch, steps=s.steps,
+                              eval_every=max(1, s.steps // 5), eval_samples=s.eval_samples, device=device)
+                    for seed in seeds]
+        return out
+
+    def analyze(self, results, s: Scale) -> Outcome:
+        g = groups(results)
+        rows = [row for r in g["bn"] for row in rows_of(r, "bound") if row.get("finite", True)]
+        ratio = [time_mean([row["grad_ratio"] for row in rows_of(r, "bound")]) for r in g["bn"]]
+        checks = [
+            _all_hold("the closed-form identity matches autograd (identity_err <= 1e-4)", rows, "identity_holds",
+                      "identity_err", lambda r: r["identity_err"]),
+            _all_hold("Theorem 4.1's inequality holds", rows, "bound_holds", "lhs / rhs",
+                      lambda r: r["lhs"] / r["rhs_theorem"] if r["rhs_theorem"] > 0 else (0.0 if r["lhs"] == 0 else math.inf)),
+            less("BN shrinks the gradient: ||dL/dy||² / ||dL/dz||² < 1 (mean over layers and records)",
+                 "ratio", ratio, "no shrink", [1.0], fmt=".3g"),
+        ]
+        verdict = all_of(self.claim, checks)
+        layers = sorted({row["layer"] for row in rows}, key=lambda n: [int(p) if p.isdigit() else p
+                                                                      for p in n.split(".")])
+        pick = [layers[0], layers[-1]] if len(layers) > 1 else layers
+        panels = []
+        for key, lab, ylog in (("shrink_mean", "γ²/σ² (mean over units)", True),
+                               ("removed_frac", "fraction of ||g||² removed", False),
+                               ("grad_ratio", "||dL/dy||² / ||dL/dz||²", True)):
+            panels.append(panel(lab, "training step", lab,
+                                [band(f"layer {n}", *curve(g["bn"], key, "diagnostics",
+                                                            lambda row, n=n: row.get("hook") == "bound"
+                                                            and row["layer"] == n)) for n in pick], ylog=ylog))
+        panels.append(panel("whole-network gradient norm", "training step", "||∇L||",
+                            [band({"bn": "BN", "none": "no BN"}[k], *curve(v, "grad_norm", "diagnostics",
+                                                                           lambda row: row.get("hook") == "landscape"))
+                             for k, v in g.items()], ylog=True))
+        figs = [figure("bound", "Theorem 4.1 on real batches (ours): shrink factor γ²/σ², the part of ||dL/dz||² "
+                                "removed by the two projections, and the resulting gradient ratio for the first and "
+                                "last BN layer; the whole-network gradient norm with and without BN. Mean and "
+                                "[min, max] over seeds.", panels, ncols=2)]
+        table = [{"quantity": "max identity_err", "value": f"{max((r['identity_err'] for r in rows), default=0):.3g}"},
+                 {"quantity": "records (layer x step x seed)", "value": str(len(rows))},
+                 {"quantity": "γ²/σ² (mean)", "value": stat_text([time_mean([row["shrink_mean"] for row in
+                                                                             rows_of(r, "bound")]) for r in g["bn"]])},
+                 {"quantity": "fraction removed", "value": stat_text([time_mean([row["removed_frac"] for row in
+                                                                                 rows_of(r, "bound")])
+                                                                      for r in g["bn"]])},
+                 {"quantity": "||dL/dy||²/||dL/dz||²", "value": stat_text(ratio)}]
+        for k, v in g.items():
+            table.append({"quantity": f"||∇L|| ({'BN' if k == 'bn' else 'no BN'})",
+                          "value": stat_text([time_mean([row["grad_norm"] for row in rows_of(r, "landscape")])
+                                              for r in v])})
+        return Outcome(verdict, checks, figs, table)
+
+
+EXPERIMENT = SanturkarBound()

@@ -1,0 +1,90 @@
+"""santurkar-lp — Santurkar et al. (2018), Sec. 3.3, Fig. 5, 6 (and 13-15): lp normalization instead of BN.
+
+Setup (paper): the VGG of Fig. 1 and the deep linear net of Fig. 3 with BN replaced by lp normalization, p = 1, 2,
+inf: center by the batch mean, divide by the batch average of the lp norm (SPEC §1.3; normlab's l1-bn, bn, linf-bn).
+Plots: training curves (accuracy for VGG, loss for the linear net); distributions; smoothness.
+Quick: VGG on Fashion-MNIST (MNIST when it is not installed), 1/8 width, 500 steps; the linear net 500 steps at the
+lr of santurkar-ics ([open] init). The standard net is shown for reference.
+
+Instruments: none (training curves).
+Verdict: (1) VGG: the final training accuracies of L1, L2 (= BN) and L-inf normalization agree within 2 points
+(tolerance fixed in advance); (2) linear net: L1 normalization reaches a lower final training loss than BN.
+The "no Gaussian-like or stable distributions" part of the claim is not measured here.
+"""
+from __future__ import annotations
+
+from .base import Experiment, Outcome, Scale
+from .common import band, curve, final, groups, pick_dataset, stat_text, train_run
+from .verdict import all_of, less, similar
+from ..report import figure, panel
+
+NORMS = {"none": "standard", "bn": "L2 (BN)", "l1-bn": "L1", "linf-bn": "L∞"}
+PAPER = Scale("paper", dataset="cifar10", in_shape=(3, 32, 32), vgg="vgg11", width=1.0, steps=15_000, batch=128,
+              lr=0.1, eval_every=500, eval_samples=0, lin_steps=10_000, lin_lr=1e-6, tol=0.02, seeds=3)
+QUICK = (PAPER.reduce("quick", "CIFAR-10 cannot be had offline: Fashion-MNIST (MNIST when not installed)",
+                      dataset="fashion-mnist", in_shape=(1, 28, 28))
+         .reduce("quick", "a 2-core CPU: 1/8 width (8-conv layout kept), 500 steps", width=0.125, steps=500,
+                 eval_every=50, eval_samples=2000)
+         .reduce("quick", "linear net: the paper's LR does not move the loss under Glorot init ([open] init); "
+                 "500 steps", lin_steps=500, lin_lr=1e-2))
+SMOKE = QUICK.reduce("smoke", "tests only", width=0.0625, batch=16, steps=4, eval_every=2, eval_samples=64,
+                     lin_steps=4, seeds=2)
+
+
+class SanturkarLp(Experiment):
+    id = "santurkar-lp"
+    title = "lp normalization (p = 1, 2, ∞) in place of BN"
+    source = "Santurkar et al. 2018, Sec. 3.3, Fig. 5, 6"
+    claim = ("Networks with l1, l2 or l∞ normalization train comparably to BN (l1 even better on the deep linear "
+             "net), although their layer distributions are neither Gaussian-like nor stable.")
+    paper_numbers = "Fig. 5 (plots): VGG training curves of all lp variants close to BN's; Fig. 6: L1 best on the linear net."
+    setup_text = ("VGG on CIFAR-10 and the 25-layer deep linear net with L1, L2, L∞ batch normalization (center by the "
+                  "batch mean, divide by the batch mean of the lp norm).")
+    caveat = ("Fashion-MNIST/MNIST and 500 steps instead of CIFAR-10 and 15k; the lp formula is normlab's reading "
+              "([open] in the paper); the linear net's LR and init are normlab's.")
+    scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
+
+    def vgg_dataset(self, s: Scale) -> str:
+        return pick_dataset(["fashion-mnist", "mnist", "mnist-5k"]) if s.dataset == "fashion-mnist" else s.dataset
+
+    def dataset_of(self, s: Scale) -> str:
+        return f"{self.vgg_dataset(s)} (VGG); synthetic-linear (linear net)"
+
+    def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
+        kw = {"cfg": s.vgg, "width": s.width}
+        out = [train_run(self.id, f"vgg {norm}", seed, model="vgg", norm=norm, dataset=self.vgg_dataset(s),
+                         init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch, steps=s.steps,
+                         eval_every=s.eval_every, eval_samples=s.eval_samples, device=device)
+               for norm in NORMS for seed in seeds]
+        out += [train_run(self.id, f"linear {norm}", seed, model="linear", norm=norm, dataset="synthetic-linear",
+                          init="glorot", loss="mse", lr=s.lin_lr, batch_size=1000, steps=s.lin_steps,
+                          eval_every=max(1, s.lin_steps // 20), eval_samples=0, device=device)
+                for norm in ("bn", "l1-bn") for seed in seeds]
+        return out
+
+    def analyze(self, results, s: Scale) -> Outcome:
+        g = groups(results)
+        acc = {n: final(g[f"vgg {n}"], "train_acc") for n in NORMS}
+        loss = {n: final(g[f"linear {n}"], "train_loss") for n in ("bn", "l1-bn")}
+        checks = [
+            similar(f"VGG: L1, L2 (BN) and L∞ reach final training accuracies within {s.tol * 100:g} points",
+                    {NORMS[n]: acc[n] for n in ("bn", "l1-bn", "linf-bn")}, s.tol, fmt=".2f", scale=100, unit="%"),
+            less("linear net: L1 reaches a lower final training loss than BN", "L1", loss["l1-bn"], "BN", loss["bn"],
+                 fmt=".4g", ratio=True),
+        ]
+        verdict = all_of(self.claim, checks)
+        panels = [panel("VGG training accuracy", "training step", "training accuracy",
+                        [band(NORMS[n], *curve(g[f"vgg {n}"], "train_acc")) for n in NORMS]),
+                  panel("deep linear net training loss", "training step", "training loss (MSE)",
+                        [band(NORMS[n], *curve(g[f"linear {n}"], "train_loss")) for n in ("bn", "l1-bn")], ylog=True)]
+        figs = [figure("fig5", "Santurkar Fig. 5/6 (ours): training curves with lp normalization; mean and [min, max] "
+                               "over seeds.", panels, ncols=2)]
+        table = [{"net": "VGG", "norm": NORMS[n], "final train acc (%)": stat_text(acc[n], ".2f", 100)} for n in NORMS]
+        table += [{"net": "linear", "norm": NORMS[n], "final train loss": stat_text(loss[n], ".4g")}
+                  for n in ("bn", "l1-bn")]
+        notes = ["The distribution part of the claim (no Gaussian-like or stable distributions) is not measured by "
+                 "this experiment."]
+        return Outcome(verdict, checks, figs, table, notes)
+
+
+EXPERIMENT = SanturkarLp()
