@@ -2,7 +2,6 @@
 normlab norms vs torch.nn norms, and peak memory. Run: `.venv/bin/python benchmarks/bench_train.py [--quick]`."""
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tempfile
@@ -137,6 +136,10 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    for row in run(quick="--quick" in sys.argv):
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    torch.set_num_threads(2)
+    quick = "--quick" in sys.argv
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in (lambda: bench_overhead(quick, Path(tmp)), lambda: bench_ioffe(quick, Path(tmp)),
+                     lambda: bench_vgg(quick)):
+            for row in part():
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)

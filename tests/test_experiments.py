@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 from normlab.experiments import base, registry, runner, verdict
 from normlab.experiments.base import Experiment, Outcome, Run, Scale
-from normlab.report import figure, panel, series
+from normlab.report import draw, figure, panel, series
 
 
 # ------------------------------------------------------------------------------------------------ a fake experiment
@@ -21,12 +24,12 @@ class Fake(Experiment):
     title = "fake experiment"
     source = "tests"
     claim = "a is larger than b"
-    scales = {"quick": Scale("quick", seeds=3, offset=10.0, interrupt=""),
-              "smoke": Scale("smoke", seeds=2, offset=10.0, interrupt="")}
+    procedure = "fake"
+    scales = {"quick": Scale("quick", seeds=3, offset=10.0), "smoke": Scale("smoke", seeds=2, offset=10.0)}
 
     def runs(self, scale, seeds, device="cpu"):
-        return [Run(self.id, g, s, {"procedure": self.id, "group": g, "seed": s, "offset": scale.offset if g == "a" else 0.0,
-                                    "interrupt": scale.interrupt})
+        return [Run(self.id, g, s, {"procedure": self.procedure, "group": g, "seed": s,
+                                    "offset": scale.offset if g == "a" else 0.0})
                 for g in ("a", "b") for s in seeds]
 
     def execute(self, run, out_dir):
@@ -35,8 +38,10 @@ class Fake(Experiment):
             f.write(run.label + "\n")
         (Path(out_dir) / "metrics.jsonl").write_text(
             "".join(json.dumps({"step": t, "v": run.config["offset"] + run.seed + t}) + "\n" for t in range(3)))
-        if run.config["interrupt"] == run.label:
-            raise KeyboardInterrupt
+        if os.environ.get("NORMLAB_TEST_INTERRUPT") == run.label:
+            raise KeyboardInterrupt           # as if Ctrl-C arrived while this run trained
+        if os.environ.get("NORMLAB_TEST_SLOW") == run.label:
+            time.sleep(600)                   # a run that hangs until the test kills reproduce
         return {"value": run.config["offset"] + run.seed}
 
     def analyze(self, results, scale):
@@ -134,20 +139,16 @@ def test_all_of_and_verdict_validation():
 # ------------------------------------------------------------------------------------------------------------ runner
 def test_runner_caches_and_resumes_after_interrupt(tmp_path, monkeypatch):
     fake = Fake()
-    interrupted = Scale("quick", seeds=3, offset=10.0, interrupt="a seed=2")
-    monkeypatch.setitem(fake.scales, "quick", interrupted)
+    monkeypatch.setenv("NORMLAB_TEST_INTERRUPT", "a seed=2")   # not part of the config: the rerun is the same run
     with pytest.raises(KeyboardInterrupt):
         runner.reproduce([fake], "quick", tmp_path, jobs=1, echo=lambda m: None, report=False)
     assert executions(tmp_path) == ["a seed=0", "a seed=1", "a seed=2"]
-    runs = fake.runs(interrupted, [0, 1, 2])
+    runs = fake.runs(Fake.scales["quick"], [0, 1, 2])
     assert [runner.load_result(tmp_path, r) is not None for r in runs] == [True, True, False, False, False, False]
-    # the interrupted run left a partial record behind; it must be cleared, not trusted
+    # the interrupted run left a partial record behind; it must be cleared and redone, not trusted
     assert (runner.run_dir(tmp_path, runs[2]) / "metrics.jsonl").exists()
 
-    monkeypatch.setitem(fake.scales, "quick", Scale("quick", seeds=3, offset=10.0, interrupt="no such run"))
-    # a different config (interrupt field) is a different run; use the same config to resume instead
-    monkeypatch.setitem(fake.scales, "quick", interrupted)
-    monkeypatch.setattr(Fake, "execute", _execute_without_interrupt)
+    monkeypatch.delenv("NORMLAB_TEST_INTERRUPT")
     msgs: list[str] = []
     res = runner.reproduce([fake], "quick", tmp_path, jobs=1, echo=msgs.append, report=False)
     assert executions(tmp_path)[3:] == ["a seed=2", "b seed=0", "b seed=1", "b seed=2"]   # 0 and 1 not redone
@@ -161,12 +162,36 @@ def test_runner_caches_and_resumes_after_interrupt(tmp_path, monkeypatch):
     assert len(executions(tmp_path)) == 7 and res["reused"] == 6
 
 
-def _execute_without_interrupt(self, run, out_dir):
-    cfg = dict(run.config, interrupt="")
-    return Fake.__dict__["_orig_execute"](self, Run(run.exp, run.group, run.seed, cfg), out_dir)
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_experiments import Fake
+from normlab.experiments import runner
+runner.reproduce([Fake()], "quick", {out!r}, jobs=2, report=False)
+"""
 
 
-Fake._orig_execute = Fake.execute
+def test_killed_reproduce_keeps_finished_runs_and_resumes(tmp_path):
+    # a real kill (SIGTERM) of `reproduce` with 2 worker processes while one run hangs
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    env = {**os.environ, "NORMLAB_TEST_SLOW": "b seed=2"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("runs/*/done.json"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert len(list(out.glob("runs/*/done.json"))) == 5, proc.communicate(timeout=5)[0].decode()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode != 0 and "rerun the same command to resume" in text
+    assert len(executions(out)) == 6 and len(list(out.glob("runs/*/done.json"))) == 5   # the hung run is not done
+    res = runner.reproduce([Fake()], "quick", out, jobs=1, echo=lambda m: None, report=False)
+    assert res["reused"] == 5 and executions(out)[6:] == ["b seed=2"]   # only the killed run is redone
 
 
 def test_runner_parallel_workers_and_failures(tmp_path):
@@ -181,11 +206,22 @@ def test_runner_parallel_workers_and_failures(tmp_path):
 
 class Broken(Fake):
     id = "broken"
+    procedure = "broken"   # its own runs, not Fake's
 
     def execute(self, run, out_dir):
         if run.group == "b":
             raise RuntimeError("boom in run b")
         return super().execute(run, out_dir)
+
+
+class Fake2(Fake):
+    id = "fake2"   # needs exactly the runs of Fake
+
+
+def test_experiments_share_identical_runs(tmp_path):
+    res = runner.reproduce([Fake(), Fake2()], "smoke", tmp_path, jobs=1, echo=lambda m: None, report=False)
+    assert res["verdicts"] == {"fake": "supported", "fake2": "supported"}
+    assert len(executions(tmp_path)) == 4 and res["runs"] == 4   # run once, analysed by both
 
 
 def test_runner_reports_a_failed_run_and_goes_on(tmp_path):
@@ -202,3 +238,69 @@ def test_registry_resolves_ids_and_rejects_unknown():
     assert set(registry.DEMO) <= set(registry.ids())
     with pytest.raises(ValueError, match="unknown experiment id"):
         registry.resolve(["ioffe-mnist,nope"])
+
+
+# ------------------------------------------------------------------------------------ every experiment, end to end
+@pytest.mark.parametrize("exp_id", registry.ids())
+def test_experiment_runs_end_to_end_at_smoke_scale(exp_id, tmp_path):
+    exp = registry.get(exp_id)
+    res = runner.reproduce([exp], "smoke", tmp_path, jobs=1, echo=lambda m: None, report=False)
+    assert res["failed"] == {}
+    rec = json.loads((tmp_path / "results" / f"{exp_id}.json").read_text())
+    out = rec["outcome"]
+    assert out["verdict"]["outcome"] in base.OUTCOMES and out["checks"] and out["table"] and out["figures"]
+    for c in out["checks"]:
+        assert c["outcome"] in base.OUTCOMES and re.search(r"\d", c["deciding"]), c
+    assert rec["seeds"] == [0, 1] and rec["n_runs"] == len(exp.runs(exp.scale("smoke"), [0, 1]))
+    assert rec["dataset"] and rec["reductions"] and rec["command"].endswith(f"--only {exp_id} --out {tmp_path}")
+    for spec in out["figures"]:
+        paths = draw(spec, tmp_path / "figures", f"{exp_id}-{spec['name']}")
+        assert paths["png"].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("exp_id", registry.ids())
+def test_quick_and_paper_configs_are_valid(exp_id):
+    # every run of the quick and paper scales builds a valid TrainConfig (checked when the config is made) and
+    # the runs are distinct; quick has >= 3 seeds
+    exp = registry.get(exp_id)
+    for scale in ("quick", "paper"):
+        s = exp.scale(scale)
+        seeds = exp.seeds(s, None)
+        runs = exp.runs(s, seeds)
+        assert len({r.key for r in runs}) == len(runs) and {r.seed for r in runs} == set(seeds)
+    assert len(exp.seeds(exp.scale("quick"), None)) >= 3
+    assert exp.scale("quick").describe(), "quick must state its reductions from the paper"
+
+
+def _result(tmp: Path, group: str, seed: int, metrics: list[dict], diagnostics: list[dict]) -> base.Result:
+    d = tmp / f"{group}-{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    (d / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in diagnostics))
+    return base.Result(Run("ioffe-mnist", group, seed, {"procedure": "train"}), d, {"diverged_at": None})
+
+
+def _ioffe_records(tmp: Path, acc: dict[str, float], drift: dict[str, float]) -> list[base.Result]:
+    out = []
+    for g in ("none", "bn"):
+        for seed in range(3):
+            metrics = [{"step": t, "test_acc": acc[g] * t / 100 + 0.001 * seed} for t in (0, 10, 50, 100)]
+            diag = [{"step": t, "hook": "distributions", "percentiles": {q: [drift[g] * t / 100 + 0.01 * seed]
+                                                                         for q in ("15", "50", "85")}}
+                    for t in range(0, 101, 10)]
+            out.append(_result(tmp, g, seed, metrics, diag))
+    return out
+
+
+def test_ioffe_verdict_follows_the_data(tmp_path):
+    # the same analysis on synthetic records: the verdict follows the numbers, whichever way they point
+    exp = registry.get("ioffe-mnist")
+    s = Scale("t", steps=100)
+    good = exp.analyze(_ioffe_records(tmp_path / "a", {"bn": 0.9, "none": 0.5}, {"bn": 0.1, "none": 2.0}), s)
+    assert good.verdict.outcome == "supported" and [c.outcome for c in good.checks] == ["supported"] * 3
+    bad = exp.analyze(_ioffe_records(tmp_path / "b", {"bn": 0.5, "none": 0.9}, {"bn": 2.0, "none": 0.1}), s)
+    assert bad.verdict.outcome == "not supported" and [c.outcome for c in bad.checks] == ["not supported"] * 3
+    tie = exp.analyze(_ioffe_records(tmp_path / "c", {"bn": 0.9, "none": 0.9}, {"bn": 1.0, "none": 1.0}), s)
+    assert tie.verdict.outcome == "inconclusive"
+    # drift = |mean of the last 10% of records - mean of the first 10%| = drift * (100 - 0) / 100 for each seed
+    assert good.checks[2].value == pytest.approx(2.0 - 0.1)

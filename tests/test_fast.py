@@ -84,6 +84,7 @@ def _compare(make, shape, spy, fmt=None, seed=0):
 CASES = {
     "bn2d": (lambda: normlab.BatchNorm2d(6), (5, 6, 4, 3)),
     "bn2d-threaded": (lambda: normlab.BatchNorm2d(32), (16, 32, 16, 16)),   # >= THREADED_NUMEL: two threads
+    "bn2d-big-planes": (lambda: normlab.BatchNorm2d(4), (3, 4, 16, 17)),    # planes >= 256 values: ch kernels
     "bn1d-dense": (lambda: normlab.BatchNorm1d(7), (9, 7)),
     "bn1d-seq": (lambda: normlab.BatchNorm1d(7), (9, 7, 5)),
     "bn3d": (lambda: normlab.BatchNorm3d(3), (4, 3, 2, 3, 4)),
@@ -131,6 +132,23 @@ def test_fast_matches_torch_nn_batchnorm(spy):
         torch.testing.assert_close(a, b, **PTOL)
     torch.testing.assert_close(mine.running_var, ref.running_var, **TOL)
     assert spy["forward"] == 2
+
+
+@pytest.mark.parametrize("make,shape,fmt", [(lambda: normlab.BatchNorm2d(32), (16, 32, 16, 16), None),
+                                            (lambda: normlab.BatchNorm2d(32), (16, 32, 16, 16), torch.channels_last),
+                                            (lambda: normlab.BatchNorm2d(16), (64, 16, 8, 8), None),
+                                            (lambda: normlab.GroupNorm(8, 32), (8, 32, 16, 16), None),
+                                            (lambda: normlab.LayerNorm([32, 16, 16]), (8, 32, 16, 16), None)])
+def test_fast_is_deterministic(make, shape, fmt, spy):
+    """Threads take work blocks dynamically, yet repeated calls give bit-identical results."""
+    torch.manual_seed(5)
+    x, g = torch.randn(shape), torch.randn(shape)
+    if fmt is not None:
+        x, g = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
+    first = _run(make(), x, g)
+    for _ in range(3):
+        for a, b in zip(first, _run(make(), x, g)):
+            assert torch.equal(a, b)
 
 
 def test_fast_large_offset_keeps_digits(spy):

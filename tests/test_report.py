@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.experiments import runner
+from normlab.experiments import registry, runner
 from normlab.report import draw, figure, panel, series, write_report
 
 from test_experiments import Fake
@@ -58,10 +58,11 @@ def test_report_markdown_and_html_content(report_dir):
     html = (report_dir / "report.html").read_text()
     # the verdict table comes first, then the experiment's section
     assert md.index("## Verdicts") < md.index("## fake — fake experiment")
-    assert "| [fake](#fake) | tests | **supported** | 10 |" in md
+    assert "| [fake](#fake) | fake experiment | tests | **supported** | 10 |" in md
     assert "**Verdict: supported** — a 10.5 [10, 11] vs b 0.5 [0, 1]: difference +10" in md
     assert "**Rerun:** `normlab reproduce --scale smoke --only fake --out " in md
-    assert (report_dir / "figures" / "fake-curves.png").exists() and (report_dir / "figures" / "fake-curves.svg").exists()
+    figs = report_dir / "figures"
+    assert (figs / "fake-curves.png").exists() and (figs / "fake-curves.svg").exists()
     assert "](figures/fake-curves.png)" in md
     # self-contained: no scripts, no external resources, every image is an embedded PNG
     assert "<script" not in html.lower()
@@ -91,11 +92,11 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(report_dir, tmp_path):
-    # A test-only copy of the report with a probe script: the report itself carries no script.
+def _probe(html: str, tmp_path: Path) -> tuple[dict, list[str]]:
+    """Load a test-only copy of `html` with a probe script (the report itself carries no script) in headless
+    Chromium; returns the probe's {"widths": naturalWidth of every <img>, "errors": [...]} and the console lines."""
     page = tmp_path / "probe.html"
-    page.write_text((report_dir / "report.html").read_text().replace("<head>", "<head>" + PROBE, 1))
+    page.write_text(html.replace("<head>", "<head>" + PROBE, 1))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
@@ -103,10 +104,29 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     m = re.search(r'<pre id="normlab-probe">(.*?)</pre>', proc.stdout, re.S)
     assert m, f"probe did not run; chromium rc={proc.returncode}, stderr tail: {proc.stderr[-800:]}"
     probe = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert probe["errors"] == []
+    return probe, [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
+    probe, console = _probe((report_dir / "report.html").read_text(), tmp_path)
+    assert probe["errors"] == [] and console == []
     assert len(probe["widths"]) == 1 and all(w > 0 for w in probe["widths"])
-    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
-    assert console == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_real_experiments_report_renders_in_chromium(tmp_path):
+    # real figures (multi-panel, error bars, log axes, non-ASCII labels) from three experiments at smoke scale
+    exps = [registry.get(i) for i in ("ioffe-mnist", "santurkar-landscape", "renorm-ghost")]
+    res = runner.reproduce(exps, "smoke", tmp_path / "out", jobs=1, echo=lambda m: None)
+    html = Path(res["report"]).read_text()
+    n_figs = sum(len(json.loads(p.read_text())["outcome"]["figures"])
+                 for p in (tmp_path / "out" / "results").glob("*.json"))
+    probe, console = _probe(html, tmp_path)
+    assert probe["errors"] == [] and console == []
+    assert len(probe["widths"]) == n_figs == 3 and all(w > 400 for w in probe["widths"])
+    md = Path(res["report_md"]).read_text()
+    assert md.count("**Verdict: ") == 3 and md.count("**Rerun:** `normlab reproduce --scale smoke --only ") == 3
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")

@@ -69,10 +69,9 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     lr: the step's learning rate (needed unless `multipliers` is given). use_grad: take g from .grad when every
     trainable parameter has one (the training step's direction); otherwise g = grad L(w) recomputed in bn_mode.
     When .grad is used and bn_mode is the model's current mode (the hook case), .grad is also taken as grad L(w)
-    and L(w) costs one no-grad forward; pass use_grad=False with stochastic layers (dropout, noisy BN) or under
+    and L(w) is `loss0` or one no-grad forward; pass use_grad=False with stochastic layers (dropout, noisy BN) or under
     DDP (averaged .grad), so that every gradient is computed on the same batch with the same noise.
-    loss0: L(w) when the caller knows it (the hook passes the step's loss); used only in that .grad case, where it
-    saves the forward.
+    loss0: L(w) when the caller knows it (the hook passes the step's loss); used only in that .grad case.
     Keys: multipliers, losses, pred (per s), beta (per s), loss0 (L(w)), grad_norm (||g||), loss_range [min, max],
     pred_max, pred_mean, beta_max, bn_mode, finite (False if any value is inf/NaN; aggregates then carry it).
     """
@@ -107,6 +106,7 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
             losses.append(float(loss))
             pred.append(diff)
             beta.append(diff / (s * gnorm) if gnorm > 0 else float("nan"))
+
     def t(v: list[float]) -> torch.Tensor:   # max/mean propagate NaN (never skipped); float64 keeps the digits
         return torch.tensor(v, dtype=torch.float64)
     out = {"multipliers": ms, "losses": losses, "pred": pred, "beta": beta, "loss0": float(loss0),

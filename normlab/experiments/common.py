@@ -120,6 +120,36 @@ def stat_text(values: Sequence[float], fmt: str = ".3g", scale: float = 1.0) -> 
     return f"{m * scale:{fmt}} [{min(f) * scale:{fmt}}, {max(f) * scale:{fmt}}]"
 
 
+def window_mean(results: Sequence[Result], hook: str, key: str, lo: float, hi: float) -> list[float]:
+    """Per seed: mean of `key` over the rows of `hook` with lo <= step < hi (NaN for a diverged run)."""
+    out = []
+    for r in results:
+        if r.summary.get("diverged_at") is not None:
+            out.append(math.nan)
+            continue
+        out.append(time_mean([row[key] for row in rows_of(r, hook) if lo <= row["step"] < hi
+                              and row.get(key) is not None]))
+    return out
+
+
+def tail_mean(results: Sequence[Result], hook: str, key: str, frac: float = 0.1) -> list[float]:
+    """Per seed: mean of `key` over the last `frac` of the rows of `hook` (at least one row; NaN if diverged)."""
+    out = []
+    for r in results:
+        rows = [row[key] for row in rows_of(r, hook) if row.get(key) is not None]
+        k = max(1, int(round(len(rows) * frac)))
+        out.append(math.nan if r.summary.get("diverged_at") is not None else time_mean(rows[-k:]))
+    return out
+
+
+def relative_change(row: dict, key: str) -> float | None:
+    """A distributions row's step-to-step change in the layer's own units: dmean / layer std, dvar / layer variance
+    (scale-free, so networks whose activations differ in scale compare fairly). None when not available."""
+    if row.get(key) is None or not row.get("layer_var"):
+        return None
+    return row[key] / (math.sqrt(row["layer_var"]) if key == "dmean" else row["layer_var"])
+
+
 def quarter_layers(n: int) -> list[int]:
     """Weight-layer indices at 1/4 and 3/4 of the depth (an early and a late layer, fixed before any run)."""
     return sorted({round(0.25 * (n - 1)), round(0.75 * (n - 1))})

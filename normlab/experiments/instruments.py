@@ -1,8 +1,9 @@
 """Instrument specs -> train hooks. A spec is a JSON dict {"name": ..., **kwargs}, part of the run's hashed config.
 
-Names: the hooks of normlab.diagnostics (ics, landscape, hessian, distributions, bound) and normlab's own
-"eval-modes" (below): test accuracy of a copy of the model with EMA running statistics, with PreciseBN statistics
-and with batch statistics at the training batch size (Wu & Johnson 2021).
+Names: the hooks of normlab.diagnostics (ics, landscape, hessian, distributions, bound) and two of normlab's own:
+"batch-acc", the training accuracy as a training loop sees it (train mode, the step's batch, noise included), and
+"eval-modes": test accuracy of a copy of the model with EMA running statistics, with PreciseBN statistics and with
+batch statistics at the training batch size (Wu & Johnson 2021).
 """
 from __future__ import annotations
 
@@ -22,8 +23,31 @@ def build(s: dict) -> Any:
     name = kw.pop("name")
     if name == "eval-modes":
         return EvalModes(**kw)
+    if name == "batch-acc":
+        return BatchAccuracy(**kw)
     from ..diagnostics import build_hook
     return build_hook(name, **kw)
+
+
+class BatchAccuracy:
+    """Every `every` steps: accuracy and loss of the model in training mode on the step's own batch (pre-update
+    weights, batch statistics, stochastic layers drawing fresh noise), i.e. the training accuracy a training loop
+    logs. Running statistics and the global RNG are left as they were (diagnostics.common.forward / rng_fork)."""
+
+    name = "batch-acc"
+
+    def __init__(self, every: int = 10) -> None:
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every: expected an int >= 1, got {every!r}")
+        self.every = every
+
+    def __call__(self, ctx: Any) -> dict | None:
+        if ctx.step % self.every:
+            return None
+        from ..diagnostics.common import forward, rng_fork
+        with torch.no_grad(), rng_fork(ctx.x, ctx.model):
+            out = forward(ctx.model, {n: p.detach() for n, p in ctx.model.named_parameters()}, ctx.x)
+        return {"acc": float((out.argmax(1) == ctx.y).float().mean()), "loss": float(ctx.loss_fn(out, ctx.y))}
 
 
 class EvalModes:

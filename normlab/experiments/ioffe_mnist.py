@@ -17,7 +17,7 @@ from .base import Experiment, Outcome, Scale
 from .common import at_step, band, curve, final, groups, pick_dataset, stat_text, train_run
 from .instruments import spec
 from .verdict import all_of, greater
-from ..report import figure, panel
+from ..report import figure, panel, series
 
 SIGMOID = "9"   # module name of the last hidden layer's sigmoid in models.MLP (Flatten, 3 x [Linear, norm, Sigmoid])
 QS = ("15", "50", "85")
@@ -86,14 +86,16 @@ class IoffeMnist(Experiment):
                           [band(k, *curve(v, "test_acc")) for k, v in g.items()])
         pct_panels = []
         for k, letter in (("none", "b"), ("bn", "c")):
-            ser = [band(f"{q}th percentile", *curve(g[k], lambda row, q=q: row["percentiles"][q][0], "diagnostics",
-                                                    lambda row: row.get("hook") == "distributions"), key=q)
-                   for q in QS]
-            pct_panels.append(panel(f"({letter}) {'without' if k == 'none' else 'with'} BN: sigmoid input, unit 0",
-                                    "training step", "pre-sigmoid value", ser))
+            r = g[k][0]   # one typical unit of one net, as in the paper (each seed's unit 0 is a different unit)
+            rows = [row for row in r.diagnostics if row.get("hook") == "distributions"]
+            ser = [series(f"{q}th percentile", [row["step"] for row in rows],
+                          [row["percentiles"][q][0] for row in rows], key=q) for q in QS]
+            pct_panels.append(panel(f"({letter}) {'without' if k == 'none' else 'with'} BN: sigmoid input "
+                                    f"(unit 0, seed {r.run.seed})", "training step", "pre-sigmoid value", ser))
         figs = [figure("fig1", "Ioffe Fig. 1 (ours): (a) test accuracy, mean and [min, max] over seeds; (b, c) "
-                               "15/50/85th percentiles of one last-hidden-layer sigmoid's input over training "
-                               "(mean over seeds, range shaded).", [acc_panel] + pct_panels)]
+                               "15/50/85th percentiles of one last-hidden-layer sigmoid's input over training, "
+                               "measured on each step's batch of 60 (one unit of one seed; the drift numbers "
+                               "use every seed).", [acc_panel] + pct_panels)]
         table = [{"net": k, f"test acc @ {early:,}": stat_text(acc_early[k], ".2f", 100),
                   "final test acc": stat_text(acc_final[k], ".2f", 100),
                   "percentile drift": stat_text(drifts[k])} for k in g]

@@ -1,4 +1,4 @@
-"""ng-regularization — Ioffe & Szegedy (2015), Sec. 3.4, and seed 003 (Ng's lecture): BN's mini-batch noise regularizes.
+"""ng-regularization — Ioffe & Szegedy (2015), Sec. 3.4, and seed 003 (Ng): BN's mini-batch noise regularizes.
 
 Setup: Ioffe Sec. 3.4: "a training example is seen in conjunction with other examples in the mini-batch, and the
 training network no longer produces deterministic values for a given example" — a regularizing effect that lets

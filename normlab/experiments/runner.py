@@ -17,7 +17,9 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -86,8 +88,28 @@ def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
 
 
 def _init_worker(threads: int) -> None:
+    """Worker set-up: torch threads; Ctrl-C is the parent's to handle; die with the parent (Linux)."""
     import torch
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover - best effort
+            pass
+
+
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt   # a kill (e.g. a CI time-out) stops like Ctrl-C: finished runs stay, workers end
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (their unfinished runs have no done.json)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
 
 
 def machine() -> str:
@@ -186,6 +208,8 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
 
     for eid in plans:
         maybe_analyze(eid)   # experiments whose runs are all cached
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
     try:
         if jobs == 1 or len(pending) <= 1:
             for key, (exp, run, _) in list(pending.items()):
@@ -200,23 +224,26 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
                     on_done(key, summary, None)
         else:
             ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or locks
-            with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(execute, exp, run, out, threads): key
-                           for key, (exp, run, _) in pending.items()}
-                try:
-                    for fut in cf.as_completed(futures):
-                        try:
-                            summary = fut.result()
-                        except Exception:
-                            on_done(futures[fut], None, traceback.format_exc())
-                        else:
-                            on_done(futures[fut], summary, None)
-                except KeyboardInterrupt:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+            pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+            futures = {pool.submit(execute, exp, run, out, threads): key for key, (exp, run, _) in pending.items()}
+            try:
+                for fut in cf.as_completed(futures):
+                    try:
+                        summary = fut.result()
+                    except Exception:
+                        on_done(futures[fut], None, traceback.format_exc())
+                    else:
+                        on_done(futures[fut], summary, None)
+            except BaseException:
+                _stop(pool)
+                raise
+            pool.shutdown(wait=True)
     except KeyboardInterrupt:
         echo(f"\ninterrupted: {counter['n']} new run(s) finished and kept; rerun the same command to resume")
         raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)
 
     verdicts = {}
     for eid in plans:
@@ -278,8 +305,8 @@ def _order(exp_id: str) -> int:
 def verdict_table(out: str | Path) -> str:
     """Plain-text table of the verdicts in DIR/results (what `reproduce` prints at the end)."""
     rows = []
-    for path in sorted(Path(out, "results").glob("*.json")):
-        rec = json.loads(path.read_text())
+    recs = [json.loads(p.read_text()) for p in Path(out, "results").glob("*.json")]
+    for rec in sorted(recs, key=lambda r: (r.get("order", 999), r["id"])):
         v = rec["outcome"]["verdict"]
         num = v["value"]
         num_s = "—" if num is None or num != num else f"{num:.3g}"

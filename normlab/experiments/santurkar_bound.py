@@ -40,6 +40,13 @@ def _all_hold(claim: str, rows: list[dict], key: str, what: str, value) -> Verdi
     return Verdict(claim, outcome, w, f"holds in {ok}/{len(rows)} (layer, step, seed) records; worst {what} {w:.3g}")
 
 
+def _bound_ratio(r: dict) -> float:
+    """lhs / rhs of the theorem (<= 1 when it holds); 0/0 counts as 0."""
+    if r["rhs_theorem"] > 0:
+        return r["lhs"] / r["rhs_theorem"]
+    return 0.0 if r["lhs"] == 0 else math.inf
+
+
 class SanturkarBound(Experiment):
     id = "santurkar-bound"
     title = "Theorem 4.1 on real batches: BN shrinks the gradient"
@@ -49,7 +56,8 @@ class SanturkarBound(Experiment):
     paper_numbers = "A theorem: no numbers; the bound is an identity when read with g = dL/dz (SPEC §1.4)."
     setup_text = "Any BN network during training (normlab: the VGG of santurkar-vgg with BN)."
     caveat = ("parts (1) and (2) are identities, so a failure there would point at the BN backward; part (3) depends "
-              "on γ²/σ²: Santurkar et al. take σ_j to be large, but with Glorot init on MNIST the pre-BN activations "
+              "on γ²/σ²: Santurkar et al. take σ_j to be large, but with Glorot init on MNIST the pre-BN "
+              "activations "
               "can have σ < 1, and then the factor exceeds 1 (see γ²/σ² in the table).")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
@@ -77,7 +85,7 @@ class SanturkarBound(Experiment):
             _all_hold("the closed-form identity matches autograd (identity_err <= 1e-4)", rows, "identity_holds",
                       "identity_err", lambda r: r["identity_err"]),
             _all_hold("Theorem 4.1's inequality holds", rows, "bound_holds", "lhs / rhs",
-                      lambda r: r["lhs"] / r["rhs_theorem"] if r["rhs_theorem"] > 0 else (0.0 if r["lhs"] == 0 else math.inf)),
+                      _bound_ratio),
             less("BN shrinks the gradient: ||dL/dy||² / ||dL/dz||² < 1 (mean over layers and records)",
                  "ratio", ratio, "no shrink", [1.0], fmt=".3g"),
         ]

@@ -23,13 +23,15 @@ from .verdict import all_of, less
 from ..report import figure, panel
 
 PAPER = Scale("paper", dataset="cifar10", in_shape=(3, 32, 32), vgg="vgg11", width=1.0, steps=15_000, batch=128,
-              lrs=(0.1, 0.01), ics_every=100, eval_samples=0, lin_steps=10_000, lin_lrs=(1e-6, 1e-7), lin_every=100, seeds=3)
+              lrs=(0.1, 0.01), ics_every=100, eval_samples=0, lin_steps=10_000, lin_lrs=(1e-6, 1e-7), lin_every=100,
+              seeds=3)
 QUICK = (PAPER.reduce("quick", "CIFAR-10 cannot be had offline: MNIST", dataset="mnist", in_shape=(1, 28, 28))
          .reduce("quick", "a 2-core CPU: 1/8 width (8-conv layout kept), one LR, ~1.3 epochs", width=0.125,
                  steps=600, lrs=(0.1,), ics_every=30, eval_samples=2000)
          .reduce("quick", "linear net: the paper's LR does not move the loss under Glorot init in CPU-affordable "
                  "steps ([open] init); one LR", lin_steps=1000, lin_lrs=(1e-2,), lin_every=50))
-SMOKE = QUICK.reduce("smoke", "tests only", width=0.0625, batch=16, steps=4, ics_every=2, eval_samples=64, lin_steps=4, lin_every=2,
+SMOKE = QUICK.reduce("smoke", "tests only", width=0.0625, batch=16, steps=4, ics_every=2, eval_samples=64, lin_steps=4,
+                     lin_every=2,
                      seeds=2)
 
 

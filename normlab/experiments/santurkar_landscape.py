@@ -1,4 +1,4 @@
-"""santurkar-landscape — Santurkar et al. (2018), Sec. 3.2, Fig. 4 (and 10, 11): the loss landscape along the gradient.
+"""santurkar-landscape — Santurkar et al. (2018), Sec. 3.2, Fig. 4 (10, 11): the loss landscape along the gradient.
 
 Setup (paper): the VGG of Fig. 1 (CIFAR-10) and the deep linear net of Fig. 3, with and without BN. At a training step
 with gradient g and learning rate eta, probe w - s g for s in [eta/2, 4 eta] (VGG) or [eta/100, 30 eta] (linear):

@@ -8,7 +8,10 @@ Quick: MNIST (CIFAR-10 cannot be had offline), VGG-11 layout at 1/8 width (8 con
 
 Instruments: DistributionsHook on the input of the ReLU after an early and a late weight layer (the activation the
 next layer receives, noise included), every `dist_every` steps; dmean/dvar = mean over units of the change of each
-unit's mean/variance between consecutive records (Santurkar Fig. 2 right).
+unit's mean/variance between consecutive records (Santurkar Fig. 2 right), divided by the layer's std/variance so
+that nets whose activations differ in scale compare fairly (the raw numbers are in the table too).
+Training accuracy: the "batch-acc" instrument, i.e. what a training loop logs (train mode, the step's own batch, the
+noise on), averaged over the last 10% of training; eval-mode accuracy would judge noisy BN without its noise.
 Verdict: (1) noisy BN's final training accuracy is within `tol` (2 points, fixed in advance) of BN's; (2) the
 late layer's distributions move more from record to record in the noisy-BN net than in the standard net (dmean and
 dvar, averaged over records).
@@ -16,8 +19,8 @@ dvar, averaged over records).
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import (band, curve, final, groups, n_weight_layers, pick_dataset, quarter_layers, relu_inputs,
-                     stat_text, time_mean, train_run)
+from .common import (band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, relative_change,
+                     relu_inputs, stat_text, tail_mean, time_mean, train_run)
 from .instruments import spec
 from .verdict import all_of, greater, similar
 from ..report import figure, panel
@@ -57,7 +60,8 @@ class SanturkarNoisy(Experiment):
         out = []
         for net in NETS:
             relus = relu_inputs("vgg", net, s.in_shape, 10, kw, layers)
-            inst = [spec("distributions", layers=relus, site="input", bins=20, units=[0], every=s.dist_every)]
+            inst = [spec("distributions", layers=relus, site="input", bins=20, units=[0], every=s.dist_every),
+                    spec("batch-acc", every=s.dist_every)]
             out += [train_run(self.id, net, seed, inst, extra={"layers": relus}, model="vgg", norm=net,
                               dataset=self.dataset_of(s), init="glorot", model_kw=kw, optimizer="sgd", lr=s.lr,
                               batch_size=s.batch, steps=s.steps, eval_every=s.eval_every,
@@ -67,43 +71,50 @@ class SanturkarNoisy(Experiment):
 
     def analyze(self, results, s: Scale) -> Outcome:
         g = groups(results)
-        acc = {k: final(v, "train_acc") for k, v in g.items()}
+        # training accuracy as the training loop sees it (train mode, the step's batch, noise on), last 10% of steps
+        acc = {k: tail_mean(v, "batch-acc", "acc") for k, v in g.items()}
 
-        def instability(rs, key: str, which: int) -> list[float]:
+        def instability(rs, key: str, which: int, rel: bool = True) -> list[float]:
             out = []
             for r in rs:
                 layer = r.run.config["extra"]["layers"][which]
-                out.append(time_mean([row[key] for row in r.diagnostics
-                                      if row.get("layer") == layer and row.get(key) is not None]))
+                vals = [relative_change(row, key) if rel else row.get(key) for row in r.diagnostics
+                        if row.get("layer") == layer]
+                out.append(time_mean([v for v in vals if v is not None]))
             return out
 
         late = {k: {key: instability(v, key, -1) for key in ("dmean", "dvar")} for k, v in g.items()}
+        raw = {k: {key: instability(v, key, -1, rel=False) for key in ("dmean", "dvar")} for k, v in g.items()}
         checks = [
             similar(f"noisy BN's final training accuracy is within {s.tol * 100:g} points of BN's",
                     {"BN": acc["bn"], "noisy BN": acc["noisy-bn"]}, s.tol, fmt=".2f", scale=100, unit="%"),
-            greater("late layer: unit means move more per record with noisy BN than in the standard net (dmean)",
-                    "noisy BN", late["noisy-bn"]["dmean"], "standard", late["none"]["dmean"]),
-            greater("late layer: unit variances move more per record with noisy BN than in the standard net (dvar)",
-                    "noisy BN", late["noisy-bn"]["dvar"], "standard", late["none"]["dvar"]),
+            greater("late layer: unit means move more per record with noisy BN than in the standard net "
+                    "(dmean / layer std)", "noisy BN", late["noisy-bn"]["dmean"], "standard", late["none"]["dmean"]),
+            greater("late layer: unit variances move more per record with noisy BN than in the standard net "
+                    "(dvar / layer variance)", "noisy BN", late["noisy-bn"]["dvar"], "standard",
+                    late["none"]["dvar"]),
         ]
         verdict = all_of(self.claim, checks)
-        panels = [panel("training accuracy", "training step", "training accuracy",
-                        [band(LABEL[k], *curve(v, "train_acc")) for k, v in g.items()])]
+        panels = [panel("training accuracy (train mode, step's batch)", "training step", "training accuracy",
+                        [band(LABEL[k], *curve(v, "acc", "diagnostics", lambda row: row.get("hook") == "batch-acc"))
+                         for k, v in g.items()])]
         for which, name in ((0, "early"), (-1, "late")):
-            for key, what in (("dmean", "|Δ mean|"), ("dvar", "|Δ variance|")):
+            for key, what in (("dmean", "|Δ mean| / std"), ("dvar", "|Δ variance| / variance")):
                 ser = []
                 for k, v in g.items():
                     layer = v[0].run.config["extra"]["layers"][which]
-                    ser.append(band(LABEL[k], *curve(v, key, "diagnostics",
-                                                     lambda row, layer=layer: row.get("layer") == layer)))
-                panels.append(panel(f"{name} layer: step-to-step {what}", "training step", f"mean over units of "
-                                    f"{what}", ser, ylog=True))
+                    ser.append(band(LABEL[k], *curve(v, lambda row, key=key: relative_change(row, key),
+                                                     "diagnostics", lambda row, layer=layer: row.get("layer") == layer)))
+                panels.append(panel(f"{name} layer: step-to-step {what}", "training step", f"mean over units, "
+                                    f"relative to the layer", ser, ylog=True))
         figs = [figure("fig2", "Santurkar Fig. 2 (ours): training accuracy, and how much each layer-input "
                                "distribution moves between records (mean over units of the change of a unit's mean "
                                "and variance), for an early and a late layer; mean and [min, max] over seeds.",
                        panels, ncols=3)]
-        table = [{"net": LABEL[k], "final train acc": stat_text(acc[k], ".2f", 100),
-                  "late dmean": stat_text(late[k]["dmean"]), "late dvar": stat_text(late[k]["dvar"])} for k in g]
+        table = [{"net": LABEL[k], "train acc, last 10% (%)": stat_text(acc[k], ".2f", 100),
+                  "late dmean / std": stat_text(late[k]["dmean"]), "late dvar / var": stat_text(late[k]["dvar"]),
+                  "late dmean (raw)": stat_text(raw[k]["dmean"]), "late dvar (raw)": stat_text(raw[k]["dvar"])}
+                 for k in g]
         return Outcome(verdict, checks, figs, table)
 
 

@@ -225,10 +225,11 @@ def _threads(x: torch.Tensor) -> int:
     return torch.get_num_threads() if x.numel() >= THREADED_NUMEL else 1
 
 
-def _scratch(pl: Plan, nt: int) -> torch.Tensor | None:
+def _scratch(pl: Plan) -> torch.Tensor | None:
     """Work space of the ch / col kernels, allocated by torch (so running out of memory is a clean error)."""
-    n = _lib.scratch_bytes(int(pl.kind == "col"), pl.c, pl.b, nt)
-    return torch.empty(n, dtype=torch.uint8) if n else None
+    if pl.kind == "rows":
+        return None
+    return torch.empty(_lib.scratch_bytes(int(pl.kind == "col"), pl.a, pl.c, pl.b), dtype=torch.uint8)
 
 
 def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
@@ -240,7 +241,7 @@ def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     mean, var, rstd = torch.empty(pl.stat_shape), torch.empty(pl.stat_shape), torch.empty(sets)
     w, b = _affine_args(weight, bias)
     nt, args = _threads(x), (float(eps), mean.data_ptr(), var.data_ptr(), rstd.data_ptr())
-    scratch = _scratch(pl, nt) if pl.kind != "rows" else None   # held until the kernel returns
+    scratch = _scratch(pl)   # held until the kernel returns
     if pl.kind == "ch":
         _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, _ptr(scratch), nt)
     elif pl.kind == "col":
@@ -261,7 +262,7 @@ def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rst
     nt = _threads(x)
     head = (g.data_ptr(), x.data_ptr(), dx.data_ptr())
     stats = (mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db))
-    scratch = _scratch(pl, nt) if pl.kind != "rows" else None
+    scratch = _scratch(pl)
     if pl.kind == "ch":
         _lib.ch_bwd(*head, pl.a, pl.c, pl.b, *stats, _ptr(scratch), nt)
     elif pl.kind == "col":

@@ -4,30 +4,45 @@
        forward   xhat = (x - mean) * rstd,  rstd = 1 / sqrt(var + eps),  y = w * xhat + b
        backward  g' = w * g,  dx = rstd * (g' - sum(g') / m - xhat * sum(g' * xhat) / m),
                  dw = sum over the sets sharing w of g * xhat,  db = the same of g
-   Three memory layouts (normlab/fast/__init__.py picks one):
+   written per set as y = (x - mean) * scale + shift and dx = k1 * g + k2 * (x - mean) + k3.
+   Layouts (normlab/fast/__init__.py picks one):
        ch   x is (A, C, B) contiguous, one set per c over (a, b)      BatchNorm on NCHW / (N, C, L)
-       col  x is (R, C) contiguous, one set per column c              BatchNorm on channels_last / (N, C)
+       col  x is (R, C * B) contiguous, one set per channel           BatchNorm on channels_last (B = 1), (N, C),
+                                                                       and NCHW with small planes
        rows x is (R, K) contiguous, one set per row r                 LayerNorm, GroupNorm, InstanceNorm
-   ch works channel by channel so its second pass finds the channel in cache: the forward streams x once from memory.
-   Statistics are one pass around a shift (the set's first value), summed in float within chunks of CHUNK values and
-   in double across chunks, so inputs like 1e4 + N(0, 1) keep their digits; outputs are (x - mean) * scale + shift,
-   never x * a + c, for the same reason.
-   Weights w, b are NULL for no affine (rows also takes per-block or elementwise weights, see rows_fwd). */
+   Every pass reads memory in address order (4 KB pages defeat the prefetcher on strided walks). Work is split into
+   a fixed number of blocks whose partial sums are added in block order, so the numbers do not depend on which
+   thread ran which block (threads take blocks dynamically: a thread slowed by another process does not stall the
+   other). Second passes run backwards, starting on what the first pass left in cache.
+   Statistics are one pass around a shift (the set's first value), summed in float within chunks and in double
+   across them, so inputs like 1e4 + N(0, 1) keep their digits; outputs are (x - mean) * scale + shift, never
+   x * a + c, for the same reason. Weights w, b are NULL for no affine. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #include <omp.h>
 
 typedef int64_t i64;
 
-#define CHUNK 512
-/* s1 += sum(p - k), s2 += sum((p - k)^2): float lanes within a chunk, double across chunks */
+#define CHUNK 512      /* float partial sums over at most this many values, then double */
+#define NBLK 64        /* work blocks per pass */
+#define SMALL_PLANE 256
+#define MAX_ROW 16384  /* NCHW planes below SMALL_PLANE values go to col when C * B is at most this */
+#define W 16           /* col: columns per register block (one vector) */
+#define WB 4           /* col: register blocks per column group */
+#define RB 64          /* col: rows per float partial sum */
+
+static inline i64 min64(i64 a, i64 b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------------------------------------- elementary loops */
+/* s1 += sum(p - k), s2 += sum((p - k)^2) */
 static inline void acc_shift(const float *restrict p, i64 n, float k, double *s1, double *s2) {
     for (i64 i0 = 0; i0 < n; i0 += CHUNK) {
-        const i64 e = n - i0 < CHUNK ? n : i0 + CHUNK;
+        const i64 e = min64(n, i0 + CHUNK);
         float a = 0.0f, b = 0.0f;
 #pragma omp simd reduction(+ : a, b)
         for (i64 i = i0; i < e; i++) {
-            float d = p[i] - k;
+            const float d = p[i] - k;
             a += d;
             b += d * d;
         }
@@ -40,7 +55,7 @@ static inline void acc_shift(const float *restrict p, i64 n, float k, double *s1
 static inline void acc_grad(const float *restrict g, const float *restrict x, i64 n, float mu, double *s1,
                             double *s2) {
     for (i64 i0 = 0; i0 < n; i0 += CHUNK) {
-        const i64 e = n - i0 < CHUNK ? n : i0 + CHUNK;
+        const i64 e = min64(n, i0 + CHUNK);
         float a = 0.0f, b = 0.0f;
 #pragma omp simd reduction(+ : a, b)
         for (i64 i = i0; i < e; i++) {
@@ -52,12 +67,14 @@ static inline void acc_grad(const float *restrict g, const float *restrict x, i6
     }
 }
 
-/* The ch kernels read a channel as A chunks of B values, C * B apart: the hardware prefetcher loses the stream at
-   every jump, so prefetch the chunk about PREFETCH bytes ahead (measured: 2x on (128, 256, 8, 8)). */
-#define PREFETCH 8192
-static inline i64 ahead(i64 B) { return B * 4 >= PREFETCH ? 1 : PREFETCH / (B * 4); }
-static inline void prefetch(const float *p, i64 n) {
-    for (i64 i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 3);
+static inline void finish_stats(double s1, double s2, double m, float k, double eps, float *mean, float *var,
+                                float *rstd) {
+    const double d = s1 / m;
+    double v = s2 / m - d * d;
+    if (v < 0.0) v = 0.0; /* NaN stays NaN */
+    *mean = (float)(k + d);
+    *var = (float)v;
+    *rstd = (float)(1.0 / sqrt(v + eps));
 }
 
 static inline void affine_out(const float *restrict x, float *restrict y, i64 n, float mu, float sc, float sh) {
@@ -65,238 +82,209 @@ static inline void affine_out(const float *restrict x, float *restrict y, i64 n,
     for (i64 i = 0; i < n; i++) y[i] = (x[i] - mu) * sc + sh;
 }
 
-/* dx = k1 * g + k2 * (x - mu) + k3 */
 static inline void grad_out(const float *restrict g, const float *restrict x, float *restrict dx, i64 n, float mu,
                             float k1, float k2, float k3) {
 #pragma omp simd
     for (i64 i = 0; i < n; i++) dx[i] = k1 * g[i] + (k2 * (x[i] - mu) + k3);
 }
 
-static inline void finish_stats(double s1, double s2, double m, float k, double eps, float *mean, float *var,
-                                float *rstd) {
-    double d = s1 / m, v = s2 / m - d * d;
-    if (v < 0.0) v = 0.0; /* NaN stays NaN */
-    *mean = (float)(k + d);
-    *var = (float)v;
-    *rstd = (float)(1.0 / sqrt(v + eps));
+/* -------------------------------------------------------------------------------------------------- scratch */
+static inline i64 col_blocks(i64 R, i64 K) {
+    i64 nb = (i64)1 << 17;
+    nb = nb / K < NBLK ? nb / K : NBLK;
+    if (nb < 2) nb = 2;
+    return min64(nb, R);
 }
 
-static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float *w, const float *b, double eps,
-                     float *mean, float *var, float *rstd, void *scratch, int nt);
-static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i64 B, const float *mean,
-                     const float *rstd, const float *w, float *dw, float *db, void *scratch, int nt);
+static inline int small_plane(i64 C, i64 B) { return B < SMALL_PLANE && C * B <= MAX_ROW; }
 
-/* ------------------------------------------------------------------------------------------------ ch: (A, C, B)
-   Planes of fewer than SMALL_PLANE values (and rows of at most MAX_ROW) go to colx instead. */
-#define SMALL_PLANE 256
-#define MAX_ROW (1 << 16)
-
-/* Bytes of scratch a call needs (the caller allocates it): col (kind 1) and ch with small planes (kind 0). */
-i64 scratch_bytes(int kind, i64 C, i64 B, int nt) {
-    if (kind == 0 && !(B < SMALL_PLANE && C * B <= MAX_ROW)) return 0;
-    const i64 K = kind == 0 ? C * B : C;
-    return 2 * nt * K * (i64)sizeof(double) + (4 + 2 * nt) * K * (i64)sizeof(float);
-}
-void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const float *b, double eps, float *mean,
-            float *var, float *rstd, void *scratch, int nt) {
-    if (B < SMALL_PLANE && C * B <= MAX_ROW) {
-        colx_fwd(x, y, A, C, B, w, b, eps, mean, var, rstd, scratch, nt);
-        return;
+/* Bytes of scratch a ch (kind 0) or col (kind 1) call needs; the caller allocates it (64-byte aligned). */
+i64 scratch_bytes(int kind, i64 R, i64 C, i64 B) {
+    if (kind == 1 || small_plane(C, B)) {
+        const i64 K = kind == 1 ? C : C * B;
+        return 2 * col_blocks(R, K) * K * 8 + 4 * K * 4;
     }
-    const double m = (double)A * (double)B;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 c = 0; c < C; c++) {
-        const float k = x[c * B];
-        double s1 = 0.0, s2 = 0.0;
-        const i64 d = ahead(B);
-        for (i64 a = 0; a < A; a++) {
-            if (a + d < A) prefetch(x + ((a + d) * C + c) * B, B);
-            acc_shift(x + (a * C + c) * B, B, k, &s1, &s2);
-        }
-        finish_stats(s1, s2, m, k, eps, mean + c, var + c, rstd + c);
-        const float sc = w ? w[c] * rstd[c] : rstd[c], sh = b ? b[c] : 0.0f;
-        for (i64 a = 0; a < A; a++) affine_out(x + (a * C + c) * B, y + (a * C + c) * B, B, mean[c], sc, sh);
-    }
+    return 2 * min64(NBLK, R * C) * C * 8 + 3 * C * 4;
 }
 
-void ch_bwd(const float *g, const float *x, float *dx, i64 A, i64 C, i64 B, const float *mean, const float *rstd,
-            const float *w, float *dw, float *db, void *scratch, int nt) {
-    if (B < SMALL_PLANE && C * B <= MAX_ROW) {
-        colx_bwd(g, x, dx, A, C, B, mean, rstd, w, dw, db, scratch, nt);
-        return;
-    }
-    const double m = (double)A * (double)B;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 c = 0; c < C; c++) {
-        const float mu = mean[c];
-        double sg = 0.0, sgc = 0.0;
-        const i64 d = ahead(B);
-        for (i64 a = 0; a < A; a++) {
-            if (a + d < A) {
-                prefetch(g + ((a + d) * C + c) * B, B);
-                prefetch(x + ((a + d) * C + c) * B, B);
-            }
-            acc_grad(g + (a * C + c) * B, x + (a * C + c) * B, B, mu, &sg, &sgc);
-        }
-        const double r = rstd[c], wc = w ? w[c] : 1.0, sgx = sgc * r; /* sum(g * xhat) */
-        if (dw) dw[c] = (float)sgx;
-        if (db) db[c] = (float)sg;
-        const float k1 = (float)(wc * r), k2 = (float)(-wc * r * r * sgx / m), k3 = (float)(-wc * r * sg / m);
-        for (i64 a = 0; a < A; a++) {
-            const i64 o = (a * C + c) * B;
-            grad_out(g + o, x + o, dx + o, B, mu, k1, k2, k3);
-        }
-    }
-}
-
-/* ---------------------------------------------------------------------------------------------- col: (R, C)
-   Rows go in blocks of RB: float sums over the block (four rows per accumulator update), then double. */
-#define RB 64
-
-/* s1[c] += sum over rows r0..r1 of (x[r, c] - k[c]), s2[c] of its square; fa, fb: C floats of scratch */
-static void col_moments(const float *restrict x, i64 r0, i64 r1, i64 C, const float *restrict k, float *restrict fa,
-                        float *restrict fb, double *restrict s1, double *restrict s2) {
+/* ---------------------------------------------------------------------------------- col: (R, K), K = C * B */
+/* s1[j] += sum over rows r0..r1 of (x[r, j] - k[j]), s2[j] of its square: WB vectors of sums stay in registers
+   over RB rows at a time, then go to double. */
+static void col_moments(const float *restrict x, i64 r0, i64 r1, i64 K, const float *restrict k,
+                        double *restrict s1, double *restrict s2) {
     for (i64 b0 = r0; b0 < r1; b0 += RB) {
-        const i64 b1 = r1 - b0 < RB ? r1 : b0 + RB;
-        for (i64 c = 0; c < C; c++) fa[c] = fb[c] = 0.0f;
-        i64 r = b0;
-        for (; r + 4 <= b1; r += 4) {
-            const float *restrict p = x + r * C;
+        const i64 b1 = min64(r1, b0 + RB);
+        i64 j0 = 0;
+        for (; j0 + W * WB <= K; j0 += W * WB) {
+            float fa[W * WB], fb[W * WB], kk[W * WB];
+            for (int j = 0; j < W * WB; j++) {
+                fa[j] = fb[j] = 0.0f;
+                kk[j] = k[j0 + j];
+            }
+            for (i64 r = b0; r < b1; r++) {
+                const float *restrict p = x + r * K + j0;
 #pragma omp simd
-            for (i64 c = 0; c < C; c++) {
-                const float d0 = p[c] - k[c], d1 = p[C + c] - k[c], d2 = p[2 * C + c] - k[c], d3 = p[3 * C + c] - k[c];
-                fa[c] += (d0 + d1) + (d2 + d3);
-                fb[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+                for (int j = 0; j < W * WB; j++) {
+                    const float d = p[j] - kk[j];
+                    fa[j] += d;
+                    fb[j] += d * d;
+                }
+            }
+            for (int j = 0; j < W * WB; j++) {
+                s1[j0 + j] += fa[j];
+                s2[j0 + j] += fb[j];
             }
         }
-        for (; r < b1; r++) {
-            const float *restrict p = x + r * C;
-#pragma omp simd
-            for (i64 c = 0; c < C; c++) {
-                const float d = p[c] - k[c];
-                fa[c] += d;
-                fb[c] += d * d;
+        if (j0 < K) { /* the last K % 64 columns */
+            float fa[W * WB] = {0}, fb[W * WB] = {0};
+            const i64 nj = K - j0;
+            for (i64 r = b0; r < b1; r++) {
+                const float *restrict p = x + r * K + j0;
+                for (i64 j = 0; j < nj; j++) {
+                    const float d = p[j] - k[j0 + j];
+                    fa[j] += d;
+                    fb[j] += d * d;
+                }
             }
-        }
-        for (i64 c = 0; c < C; c++) {
-            s1[c] += fa[c];
-            s2[c] += fb[c];
+            for (i64 j = 0; j < nj; j++) {
+                s1[j0 + j] += fa[j];
+                s2[j0 + j] += fb[j];
+            }
         }
     }
 }
 
-/* s1[c] += sum of g[r, c], s2[c] += sum of g[r, c] * (x[r, c] - mu[c]) over rows r0..r1 */
-static void col_grad_sums(const float *restrict g, const float *restrict x, i64 r0, i64 r1, i64 C,
-                          const float *restrict mu, float *restrict fa, float *restrict fb, double *restrict s1,
-                          double *restrict s2) {
+/* s1[j] += sum of g[r, j], s2[j] += sum of g[r, j] * (x[r, j] - mu[j]) over rows r0..r1 */
+static void col_grad_sums(const float *restrict g, const float *restrict x, i64 r0, i64 r1, i64 K,
+                          const float *restrict mu, double *restrict s1, double *restrict s2) {
     for (i64 b0 = r0; b0 < r1; b0 += RB) {
-        const i64 b1 = r1 - b0 < RB ? r1 : b0 + RB;
-        for (i64 c = 0; c < C; c++) fa[c] = fb[c] = 0.0f;
-        i64 r = b0;
-        for (; r + 4 <= b1; r += 4) {
-            const float *restrict gp = g + r * C, *restrict xp = x + r * C;
+        const i64 b1 = min64(r1, b0 + RB);
+        i64 j0 = 0;
+        for (; j0 + W * WB <= K; j0 += W * WB) {
+            float fa[W * WB], fb[W * WB], mm[W * WB];
+            for (int j = 0; j < W * WB; j++) {
+                fa[j] = fb[j] = 0.0f;
+                mm[j] = mu[j0 + j];
+            }
+            for (i64 r = b0; r < b1; r++) {
+                const float *restrict gp = g + r * K + j0, *restrict xp = x + r * K + j0;
 #pragma omp simd
-            for (i64 c = 0; c < C; c++) {
-                fa[c] += (gp[c] + gp[C + c]) + (gp[2 * C + c] + gp[3 * C + c]);
-                fb[c] += (gp[c] * (xp[c] - mu[c]) + gp[C + c] * (xp[C + c] - mu[c])) +
-                         (gp[2 * C + c] * (xp[2 * C + c] - mu[c]) + gp[3 * C + c] * (xp[3 * C + c] - mu[c]));
+                for (int j = 0; j < W * WB; j++) {
+                    fa[j] += gp[j];
+                    fb[j] += gp[j] * (xp[j] - mm[j]);
+                }
+            }
+            for (int j = 0; j < W * WB; j++) {
+                s1[j0 + j] += fa[j];
+                s2[j0 + j] += fb[j];
             }
         }
-        for (; r < b1; r++) {
-            const float *restrict gp = g + r * C, *restrict xp = x + r * C;
-#pragma omp simd
-            for (i64 c = 0; c < C; c++) {
-                fa[c] += gp[c];
-                fb[c] += gp[c] * (xp[c] - mu[c]);
+        if (j0 < K) {
+            float fa[W * WB] = {0}, fb[W * WB] = {0};
+            const i64 nj = K - j0;
+            for (i64 r = b0; r < b1; r++) {
+                const float *restrict gp = g + r * K + j0, *restrict xp = x + r * K + j0;
+                for (i64 j = 0; j < nj; j++) {
+                    fa[j] += gp[j];
+                    fb[j] += gp[j] * (xp[j] - mu[j0 + j]);
+                }
             }
-        }
-        for (i64 c = 0; c < C; c++) {
-            s1[c] += fa[c];
-            s2[c] += fb[c];
+            for (i64 j = 0; j < nj; j++) {
+                s1[j0 + j] += fa[j];
+                s2[j0 + j] += fb[j];
+            }
         }
     }
 }
 
-/* col on (R, K) with K = C * B: column j belongs to channel j / B (B = 1: channels_last; B > 1: NCHW with small
-   planes, where streaming whole rows beats the ch kernels' short strided chunks). */
+/* rows r1-1 down to r0 of out = (x - c0[j]) * c1[j] + c2[j] (forward: mean, scale, shift) */
+static void col_out(const float *x, float *y, i64 r0, i64 r1, i64 K, const float *restrict c0,
+                    const float *restrict c1, const float *restrict c2) {
+    for (i64 r = r1 - 1; r >= r0; r--) {
+        const float *restrict p = x + r * K;
+        float *restrict o = y + r * K;
+#pragma omp simd
+        for (i64 j = 0; j < K; j++) o[j] = (p[j] - c0[j]) * c1[j] + c2[j];
+    }
+}
+
+/* rows r1-1 down to r0 of dx = k1[j] * g + k2[j] * (x - mu[j]) + k3[j] */
+static void col_grad_out(const float *g, const float *x, float *dx, i64 r0, i64 r1, i64 K, const float *restrict mu,
+                         const float *restrict k1, const float *restrict k2, const float *restrict k3) {
+    for (i64 r = r1 - 1; r >= r0; r--) {
+        const float *restrict gp = g + r * K, *restrict xp = x + r * K;
+        float *restrict o = dx + r * K;
+#pragma omp simd
+        for (i64 j = 0; j < K; j++) o[j] = k1[j] * gp[j] + (k2[j] * (xp[j] - mu[j]) + k3[j]);
+    }
+}
+
+/* col on (R, K) with K = C * B: column j belongs to channel j / B */
 static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float *w, const float *b, double eps,
                      float *mean, float *var, float *rstd, void *scratch, int nt) {
-    const i64 K = C * B;
-    double *acc = scratch;
-    float *f = (float *)(acc + 2 * nt * K);
-    for (i64 j = 0; j < 2 * nt * K; j++) acc[j] = 0.0;
-    float *ks = f, *mu = f + K, *sc = f + 2 * K, *sh = f + 3 * K; /* per column: shift, mean, scale, shift out */
-    const double m = (double)R * (double)B;
+    const i64 K = C * B, nb = col_blocks(R, K);
+    double *part = scratch; /* nb blocks x (s1, s2) x K */
+    float *ks = (float *)(part + 2 * nb * K), *mu = ks + K, *sc = mu + K, *sh = sc + K;
     for (i64 j = 0; j < K; j++) ks[j] = x[j / B * B];
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        const i64 r0 = R * t / T, r1 = R * (t + 1) / T;
-        col_moments(x, r0, r1, K, ks, f + (4 + 2 * t) * K, f + (5 + 2 * t) * K, acc + 2 * t * K, acc + (2 * t + 1) * K);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (i64 c = 0; c < C; c++) {
-            double a = 0.0, q = 0.0;
-            for (int u = 0; u < T; u++)
-                for (i64 j = c * B; j < (c + 1) * B; j++) {
-                    a += acc[2 * u * K + j];
-                    q += acc[2 * u * K + K + j];
-                }
-            finish_stats(a, q, m, ks[c * B], eps, mean + c, var + c, rstd + c);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = 0; k < nb; k++) {
+        double *s1 = part + 2 * k * K, *s2 = s1 + K;
+        memset(s1, 0, sizeof(double) * 2 * (size_t)K);
+        col_moments(x, R * k / nb, R * (k + 1) / nb, K, ks, s1, s2);
+    }
+    const double m = (double)R * (double)B;
+    for (i64 c = 0; c < C; c++) {
+        double a = 0.0, q = 0.0;
+        for (i64 k = 0; k < nb; k++)
             for (i64 j = c * B; j < (c + 1) * B; j++) {
-                mu[j] = mean[c];
-                sc[j] = w ? w[c] * rstd[c] : rstd[c];
-                sh[j] = b ? b[c] : 0.0f;
+                a += part[2 * k * K + j];
+                q += part[2 * k * K + K + j];
             }
+        finish_stats(a, q, m, ks[c * B], eps, mean + c, var + c, rstd + c);
+        for (i64 j = c * B; j < (c + 1) * B; j++) {
+            mu[j] = mean[c];
+            sc[j] = w ? w[c] * rstd[c] : rstd[c];
+            sh[j] = b ? b[c] : 0.0f;
         }
-        for (i64 r = r0; r < r1; r++) {
-            const float *restrict p = x + r * K;
-            float *restrict q = y + r * K;
-#pragma omp simd
-            for (i64 j = 0; j < K; j++) q[j] = (p[j] - mu[j]) * sc[j] + sh[j];
-        }
+    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = nb - 1; k >= 0; k--) {
+        col_out(x, y, R * k / nb, R * (k + 1) / nb, K, mu, sc, sh);
     }
 }
 
 static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i64 B, const float *mean,
                      const float *rstd, const float *w, float *dw, float *db, void *scratch, int nt) {
-    const i64 K = C * B;
-    double *acc = scratch;
-    float *f = (float *)(acc + 2 * nt * K);
-    for (i64 j = 0; j < 2 * nt * K; j++) acc[j] = 0.0;
-    float *mu = f, *k1 = f + K, *k2 = f + 2 * K, *k3 = f + 3 * K;
-    const double m = (double)R * (double)B;
+    const i64 K = C * B, nb = col_blocks(R, K);
+    double *part = scratch;
+    float *mu = (float *)(part + 2 * nb * K), *k1 = mu + K, *k2 = k1 + K, *k3 = k2 + K;
     for (i64 j = 0; j < K; j++) mu[j] = mean[j / B];
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        const i64 r0 = R * t / T, r1 = R * (t + 1) / T;
-        col_grad_sums(g, x, r0, r1, K, mu, f + (4 + 2 * t) * K, f + (5 + 2 * t) * K, acc + 2 * t * K,
-                      acc + (2 * t + 1) * K);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (i64 c = 0; c < C; c++) {
-            double sg = 0.0, sgc = 0.0;
-            for (int u = 0; u < T; u++)
-                for (i64 j = c * B; j < (c + 1) * B; j++) {
-                    sg += acc[2 * u * K + j];
-                    sgc += acc[2 * u * K + K + j];
-                }
-            const double r = rstd[c], wc = w ? w[c] : 1.0, sgx = sgc * r;
-            if (dw) dw[c] = (float)sgx;
-            if (db) db[c] = (float)sg;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = 0; k < nb; k++) {
+        double *s1 = part + 2 * k * K, *s2 = s1 + K;
+        memset(s1, 0, sizeof(double) * 2 * (size_t)K);
+        col_grad_sums(g, x, R * k / nb, R * (k + 1) / nb, K, mu, s1, s2);
+    }
+    const double m = (double)R * (double)B;
+    for (i64 c = 0; c < C; c++) {
+        double sg = 0.0, sgc = 0.0;
+        for (i64 k = 0; k < nb; k++)
             for (i64 j = c * B; j < (c + 1) * B; j++) {
-                k1[j] = (float)(wc * r);
-                k2[j] = (float)(-wc * r * r * sgx / m);
-                k3[j] = (float)(-wc * r * sg / m);
+                sg += part[2 * k * K + j];
+                sgc += part[2 * k * K + K + j];
             }
+        const double r = rstd[c], wc = w ? w[c] : 1.0, sgx = sgc * r; /* sum(g * xhat) */
+        if (dw) dw[c] = (float)sgx;
+        if (db) db[c] = (float)sg;
+        for (i64 j = c * B; j < (c + 1) * B; j++) {
+            k1[j] = (float)(wc * r);
+            k2[j] = (float)(-wc * r * r * sgx / m);
+            k3[j] = (float)(-wc * r * sg / m);
         }
-        for (i64 r = r0; r < r1; r++) {
-            const float *restrict gp = g + r * K, *restrict xp = x + r * K;
-            float *restrict q = dx + r * K;
-#pragma omp simd
-            for (i64 j = 0; j < K; j++) q[j] = k1[j] * gp[j] + (k2[j] * (xp[j] - mu[j]) + k3[j]);
-        }
+    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = nb - 1; k >= 0; k--) {
+        col_grad_out(g, x, dx, R * k / nb, R * (k + 1) / nb, K, mu, k1, k2, k3);
     }
 }
 
@@ -310,12 +298,93 @@ void col_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, const floa
     colx_bwd(g, x, dx, R, C, 1, mean, rstd, w, dw, db, scratch, nt);
 }
 
+/* ------------------------------------------------------------------------------------------------ ch: (A, C, B)
+   Units are the A * C planes of B values, in address order; a block of units adds into its own per-channel sums. */
+void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const float *b, double eps, float *mean,
+            float *var, float *rstd, void *scratch, int nt) {
+    if (small_plane(C, B)) {
+        colx_fwd(x, y, A, C, B, w, b, eps, mean, var, rstd, scratch, nt);
+        return;
+    }
+    const i64 n = A * C, nb = min64(NBLK, n);
+    double *part = scratch;
+    float *sc = (float *)(part + 2 * nb * C), *sh = sc + C;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = 0; k < nb; k++) {
+        double *s1 = part + 2 * k * C, *s2 = s1 + C;
+        memset(s1, 0, sizeof(double) * 2 * (size_t)C);
+        for (i64 u = n * k / nb; u < n * (k + 1) / nb; u++) {
+            const i64 c = u % C;
+            acc_shift(x + u * B, B, x[c * B], s1 + c, s2 + c);
+        }
+    }
+    const double m = (double)A * (double)B;
+    for (i64 c = 0; c < C; c++) {
+        double a = 0.0, q = 0.0;
+        for (i64 k = 0; k < nb; k++) {
+            a += part[2 * k * C + c];
+            q += part[2 * k * C + C + c];
+        }
+        finish_stats(a, q, m, x[c * B], eps, mean + c, var + c, rstd + c);
+        sc[c] = w ? w[c] * rstd[c] : rstd[c];
+        sh[c] = b ? b[c] : 0.0f;
+    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = nb - 1; k >= 0; k--) {
+        for (i64 u = n * (k + 1) / nb - 1; u >= n * k / nb; u--) {
+            const i64 c = u % C;
+            affine_out(x + u * B, y + u * B, B, mean[c], sc[c], sh[c]);
+        }
+    }
+}
+
+void ch_bwd(const float *g, const float *x, float *dx, i64 A, i64 C, i64 B, const float *mean, const float *rstd,
+            const float *w, float *dw, float *db, void *scratch, int nt) {
+    if (small_plane(C, B)) {
+        colx_bwd(g, x, dx, A, C, B, mean, rstd, w, dw, db, scratch, nt);
+        return;
+    }
+    const i64 n = A * C, nb = min64(NBLK, n);
+    double *part = scratch;
+    float *k1 = (float *)(part + 2 * nb * C), *k2 = k1 + C, *k3 = k2 + C;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = 0; k < nb; k++) {
+        double *s1 = part + 2 * k * C, *s2 = s1 + C;
+        memset(s1, 0, sizeof(double) * 2 * (size_t)C);
+        for (i64 u = n * k / nb; u < n * (k + 1) / nb; u++) {
+            const i64 c = u % C;
+            acc_grad(g + u * B, x + u * B, B, mean[c], s1 + c, s2 + c);
+        }
+    }
+    const double m = (double)A * (double)B;
+    for (i64 c = 0; c < C; c++) {
+        double sg = 0.0, sgc = 0.0;
+        for (i64 k = 0; k < nb; k++) {
+            sg += part[2 * k * C + c];
+            sgc += part[2 * k * C + C + c];
+        }
+        const double r = rstd[c], wc = w ? w[c] : 1.0, sgx = sgc * r;
+        if (dw) dw[c] = (float)sgx;
+        if (db) db[c] = (float)sg;
+        k1[c] = (float)(wc * r);
+        k2[c] = (float)(-wc * r * r * sgx / m);
+        k3[c] = (float)(-wc * r * sg / m);
+    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (i64 k = nb - 1; k >= 0; k--) {
+        for (i64 u = n * (k + 1) / nb - 1; u >= n * k / nb; u--) {
+            const i64 c = u % C;
+            grad_out(g + u * B, x + u * B, dx + u * B, B, mean[c], k1[c], k2[c], k3[c]);
+        }
+    }
+}
+
 /* --------------------------------------------------------------------------------------------- rows: (R, K)
    Affine weights: NULL (none); per block (nb > 0: row r holds nb blocks of d = K / nb values, block j of row r uses
    w[(r % period) * nb + j], GroupNorm / InstanceNorm); elementwise (nb == 0: value k uses w[k], LayerNorm). */
 void rows_fwd(const float *x, float *y, i64 R, i64 K, const float *w, const float *b, i64 period, i64 nb,
               double eps, float *mean, float *var, float *rstd, int nt) {
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (i64 r = 0; r < R; r++) {
         const float *restrict p = x + r * K;
         float *restrict q = y + r * K;
@@ -339,12 +408,15 @@ void rows_fwd(const float *x, float *y, i64 R, i64 K, const float *w, const floa
 void rows_bwd(const float *g, const float *x, float *dx, i64 R, i64 K, const float *mean, const float *rstd,
               const float *w, i64 period, i64 nb, float *dw, float *db, float *part, int nt) {
     const double m = (double)K;
+    const int elementwise = w && nb == 0;
+    int team = 1; /* threads that ran (and zeroed their dw, db sums) */
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
-        float *restrict tdw = part + 2 * t * K, *restrict tdb = tdw + K; /* elementwise only */
-        if (w && nb == 0)
-            for (i64 i = 0; i < 2 * K; i++) tdw[i] = 0.0f;
+        if (t == 0) team = omp_get_num_threads();
+        float *restrict tdw = elementwise ? part + 2 * t * K : NULL, *restrict tdb = tdw ? tdw + K : NULL;
+        if (elementwise) memset(tdw, 0, sizeof(float) * 2 * (size_t)K);
+        /* elementwise sums dw, db per thread: a static split keeps them independent of the scheduling */
 #pragma omp for schedule(static)
         for (i64 r = 0; r < R; r++) {
             const float *restrict gp = g + r * K, *restrict xp = x + r * K;
@@ -365,7 +437,7 @@ void rows_bwd(const float *g, const float *x, float *dx, i64 R, i64 K, const flo
                 }
             } else {
                 for (i64 i0 = 0; i0 < K; i0 += CHUNK) {
-                    const i64 e = K - i0 < CHUNK ? K : i0 + CHUNK;
+                    const i64 e = min64(K, i0 + CHUNK);
                     float a = 0.0f, c = 0.0f;
 #pragma omp simd reduction(+ : a, c)
                     for (i64 i = i0; i < e; i++) {
@@ -383,14 +455,15 @@ void rows_bwd(const float *g, const float *x, float *dx, i64 R, i64 K, const flo
                 grad_out(gp, xp, q, K, mu, rs, k2, k3);
             } else if (nb > 0) {
                 const i64 d = K / nb, o = (r % period) * nb;
-                for (i64 j = 0; j < nb; j++) grad_out(gp + j * d, xp + j * d, q + j * d, d, mu, w[o + j] * rs, k2, k3);
+                for (i64 j = 0; j < nb; j++)
+                    grad_out(gp + j * d, xp + j * d, q + j * d, d, mu, w[o + j] * rs, k2, k3);
             } else {
 #pragma omp simd
-                for (i64 i = 0; i < K; i++) { /* dw, db ride along the dx pass: g and x are in cache again */
-                    const float d = xp[i] - mu;
-                    q[i] = w[i] * rs * gp[i] + (k2 * d + k3);
-                    tdw[i] += gp[i] * d * rs;
-                    tdb[i] += gp[i];
+                for (i64 i = 0; i < K; i++) { /* dw, db ride along the dx pass: g and x are in cache */
+                    const float d = xp[i] - mu, gi = gp[i];
+                    q[i] = w[i] * rs * gi + (k2 * d + k3);
+                    tdw[i] += gi * d * rs;
+                    tdb[i] += gi;
                 }
             }
         }
@@ -409,7 +482,7 @@ void rows_bwd(const float *g, const float *x, float *dx, i64 R, i64 K, const flo
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (i64 i = 0; i < K; i++) {
             float a = 0.0f, c = 0.0f;
-            for (int u = 0; u < nt; u++) {
+            for (int u = 0; u < team; u++) {
                 a += part[2 * u * K + i];
                 c += part[2 * u * K + K + i];
             }

@@ -70,11 +70,12 @@ def _markdown(recs: list[dict], figs: dict, out: Path) -> str:
     lines = ["# normlab reproduction report", "",
              f"Generated {h['date']} on {h['machine']}. Scale: {h['scales']}. {h['n']} experiment(s), "
              f"{h['compute']} of run compute in all.", "", "## Verdicts", "",
-             "| experiment | source | verdict | deciding number | dataset | scale | compute |",
-             "|---|---|---|---|---|---|---|"]
+             "| experiment | what | source | verdict | deciding number | dataset | scale | compute |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in recs:
         v = r["outcome"]["verdict"]
-        lines.append(f"| [{r['id']}](#{r['id']}) | {_md_escape(r['source'])} | **{v['outcome']}** | "
+        lines.append(f"| [{r['id']}](#{r['id']}) | {_md_escape(r['title'])} | {_md_escape(r['source'])} | "
+                     f"**{v['outcome']}** | "
                      f"{_md_escape(_num(v['value']))} | {_md_escape(r['dataset'])} | {r['scale']} | "
                      f"{_duration(r['compute_s'])} |")
     lines += ["", VERDICT_RULE, ""]
@@ -149,11 +150,12 @@ def _html(recs: list[dict], figs: dict) -> str:
          "<h1>normlab reproduction report</h1>",
          f"<p class=meta>Generated {_e(h['date'])} on {_e(h['machine'])}. Scale: {_e(h['scales'])}. "
          f"{h['n']} experiment(s), {_e(h['compute'])} of run compute in all.</p>",
-         "<h2>Verdicts</h2><table><tr><th>experiment</th><th>source</th><th>verdict</th><th>deciding number</th>"
-         "<th>dataset</th><th>scale</th><th>compute</th></tr>"]
+         "<h2>Verdicts</h2><table><tr><th>experiment</th><th>what</th><th>source</th><th>verdict</th>"
+         "<th>deciding number</th><th>dataset</th><th>scale</th><th>compute</th></tr>"]
     for r in recs:
         v = r["outcome"]["verdict"]
-        p.append(f"<tr><td><a href=\"#{_e(r['id'])}\">{_e(r['id'])}</a></td><td>{_e(r['source'])}</td>"
+        p.append(f"<tr><td><a href=\"#{_e(r['id'])}\">{_e(r['id'])}</a></td><td>{_e(r['title'])}</td>"
+                 f"<td>{_e(r['source'])}</td>"
                  f"<td>{_badge(v['outcome'])}</td><td>{_e(_num(v['value']))}</td><td>{_e(r['dataset'])}</td>"
                  f"<td>{_e(r['scale'])}</td><td>{_e(_duration(r['compute_s']))}</td></tr>")
     p += ["</table>", f"<p class=meta>{_e(VERDICT_RULE).replace('*', '')}</p>"]
