@@ -142,7 +142,8 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
         names = diagnostics.parse_what(what)
         state = load_checkpoint(path)
         cfg = TrainConfig.from_dict(state["config"])
-        ds = data.load(cfg.dataset, root=data_root or cfg.data_root, seed=cfg.seed)
+        seed = cfg.seed if cfg.dataset == "synthetic-linear" else 0   # as train() loads it
+        ds = data.load(cfg.dataset, root=data_root or cfg.data_root, seed=seed)
         model = models.build(cfg.model, cfg.norm, ds.in_shape, ds.num_classes, cfg.init, **dict(cfg.model_kw))
         model.load_state_dict(state["model"])
         opt = _make_optimizer(cfg, model.parameters())

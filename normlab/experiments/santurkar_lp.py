@@ -71,7 +71,8 @@ class SanturkarLp(Experiment):
         acc = {n: tail_mean(g[f"vgg {n}"], "batch-acc", "acc") for n in NORMS}
         loss = {n: final(g[f"linear {n}"], "train_loss") for n in ("bn", "l1-bn")}
         checks = [
-            similar(f"VGG: L1, L2 (BN) and L∞ reach training accuracies (last 10% of steps) within {s.tol * 100:g} points",
+            similar(f"VGG: L1, L2 (BN) and L∞ reach training accuracies (last 10% of steps) within "
+                    f"{s.tol * 100:g} points",
                     {NORMS[n]: acc[n] for n in ("bn", "l1-bn", "linf-bn")}, s.tol, fmt=".2f", scale=100, unit="%"),
             less("linear net: L1 reaches a lower final training loss than BN", "L1", loss["l1-bn"], "BN", loss["bn"],
                  fmt=".4g", ratio=True),
@@ -84,7 +85,8 @@ class SanturkarLp(Experiment):
                         [band(NORMS[n], *curve(g[f"linear {n}"], "train_loss")) for n in ("bn", "l1-bn")], ylog=True)]
         figs = [figure("fig5", "Santurkar Fig. 5/6 (ours): training curves with lp normalization; mean and [min, max] "
                                "over seeds.", panels, ncols=2)]
-        table = [{"net": "VGG", "norm": NORMS[n], "train acc, last 10% (%)": stat_text(acc[n], ".2f", 100)} for n in NORMS]
+        table = [{"net": "VGG", "norm": NORMS[n], "train acc, last 10% (%)": stat_text(acc[n], ".2f", 100)}
+                 for n in NORMS]
         table += [{"net": "linear", "norm": NORMS[n], "final train loss": stat_text(loss[n], ".4g")}
                   for n in ("bn", "l1-bn")]
         notes = ["The distribution part of the claim (no Gaussian-like or stable distributions) is not measured by "

@@ -103,8 +103,9 @@ class SanturkarNoisy(Experiment):
                 ser = []
                 for k, v in g.items():
                     layer = v[0].run.config["extra"]["layers"][which]
+                    sel = lambda row, layer=layer: row.get("layer") == layer  # noqa: E731
                     ser.append(band(LABEL[k], *curve(v, lambda row, key=key: relative_change(row, key),
-                                                     "diagnostics", lambda row, layer=layer: row.get("layer") == layer)))
+                                                     "diagnostics", sel)))
                 panels.append(panel(f"{name} layer: step-to-step {what}", "training step", f"mean over units, "
                                     f"relative to the layer", ser, ylog=True))
         figs = [figure("fig2", "Santurkar Fig. 2 (ours): training accuracy, and how much each layer-input "
