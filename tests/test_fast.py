@@ -99,6 +99,8 @@ CASES = {
     "ln-chw": (lambda: normlab.LayerNorm([6, 5, 3]), (4, 6, 5, 3)),
     "ln-threaded": (lambda: normlab.LayerNorm([32, 16, 16]), (8, 32, 16, 16)),
     "ln-no-bias": (lambda: normlab.LayerNorm(10, bias=False), (3, 4, 10)),
+    "ln-odd-rows": (lambda: normlab.LayerNorm(33), (7, 33)),     # rows go in groups of 4: a padded last group
+    "ln-one-row": (lambda: normlab.LayerNorm([6, 5]), (1, 6, 5)),
     "in-affine": (lambda: normlab.InstanceNorm2d(6, affine=True), (4, 6, 5, 3)),
 }
 

@@ -29,14 +29,18 @@ class Progress:
 
     def __init__(self, label: str, steps: int, every_s: float = 30.0) -> None:
         self.label, self.steps, self.every_s = label, steps, every_s
-        self.t0 = self.last = time.monotonic()
+        self.t0 = self.last = self.first = None
 
     def __call__(self, ctx: Any) -> None:
         now = time.monotonic()
+        if self.t0 is None:   # the clock starts at the first step (after data loading and the step-0 evaluation)
+            self.t0 = self.last = now
+            self.first = ctx.step
+            return None
         if now - self.last >= self.every_s:
             self.last = now
             done = ctx.step + 1
-            eta = (now - self.t0) / done * (self.steps - done)
+            eta = (now - self.t0) / max(1, done - self.first) * (self.steps - done)
             print(f"      … {self.label}: step {done:,}/{self.steps:,} ({100 * done / self.steps:.0f}%, "
                   f"~{eta:.0f}s left)", flush=True, file=sys.__stdout__)
         return None
