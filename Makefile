@@ -14,7 +14,7 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal
               /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 PRELOAD := $(if $(and $(TCMALLOC),$(filter-out 0,$(NORMLAB_TCMALLOC))),LD_PRELOAD="$(strip $(TCMALLOC) $(LD_PRELOAD))")
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench train reproduce clean
 
 $(VENV)/.stamp: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ setup: $(VENV)/.stamp
 
 demo: setup
 	$(PRELOAD) $(PY) -m normlab.cli demo
+
+# normlab's other commands with the Makefile's data dir and allocator, e.g.
+#   make train ARGS="--model mlp --norm bn --dataset mnist --steps 2000"
+train: setup
+	$(PRELOAD) $(PY) -m normlab.cli train $(ARGS)
+
+reproduce: setup
+	$(PRELOAD) $(PY) -m normlab.cli reproduce $(ARGS)
 
 test: setup
 	$(PY) -m pytest -n 2 tests

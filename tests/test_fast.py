@@ -123,6 +123,15 @@ def test_fast_channels_last(make, shape, spy):
     _compare(make, shape, spy, fmt=fmt)
 
 
+@pytest.mark.parametrize("make,shape,fmt", [(lambda: normlab.BatchNorm2d(4), (3, 4, 16, 17), None),
+                                            (lambda: normlab.BatchNorm2d(6), (5, 6, 4, 3), None),
+                                            (lambda: normlab.BatchNorm2d(70), (5, 70, 4, 4), torch.channels_last)])
+def test_fast_streaming_stores(make, shape, fmt, spy, monkeypatch):
+    """Outputs of at least STREAM_BYTES take non-temporal stores: same numbers (forced here on small tensors)."""
+    monkeypatch.setattr(fast, "STREAM_BYTES", 0)
+    _compare(make, shape, spy, fmt=fmt)
+
+
 def test_fast_matches_torch_nn_batchnorm(spy):
     """The kernels against torch.nn itself (float32), including the running statistics after two steps."""
     torch.manual_seed(3)

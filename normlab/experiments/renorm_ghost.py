@@ -31,7 +31,7 @@ class RenormGhost(Experiment):
     paper_numbers = ("Ioffe 2017: at 4 img/batch (Inception, ImageNet) BRN 76.5% vs BN 74.2% top-1 accuracy; Wu & He "
                      "2018: at 2 img/GPU GN 24.1% vs BN 34.7% error (BRN 26.3%... at 4 img/GPU per their Sec. 4.1).")
     setup_text = "As wuhe-batch, with BRN (r_max 1.5, d_max 0.5) and Ghost BN added."
-    caveat = ("MNIST, a 3-conv net and 0.2 epoch: BN's small-batch penalty may be small here, leaving little for "
+    caveat = ("MNIST, a 3-conv net and 0.4 epoch: BN's small-batch penalty may be small here, leaving little for "
               "BRN or GN to recover; BRN runs without the paper's warm-up schedule.")
     scales = smallbatch.SCALES
 

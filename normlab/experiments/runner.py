@@ -87,10 +87,28 @@ def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
     return summary
 
 
+def _tune_malloc() -> None:
+    """glibc only: keep freed activation buffers in the heap instead of returning them to the OS every step.
+
+    With the defaults, every step's multi-MB activations are mmap'ed and unmapped again; the page faults cost about
+    a quarter of the CPU time of a quick reproduction (measured: 517 s system of 2071 s). M_MMAP_THRESHOLD = 32 MiB,
+    M_TRIM_THRESHOLD = 1 GiB make it ~1%."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2**30)        # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 def _init_worker(threads: int) -> None:
     """Worker set-up: torch threads; Ctrl-C is the parent's to handle; die with the parent (Linux)."""
     import torch
     torch.set_num_threads(threads)
+    _tune_malloc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
@@ -212,6 +230,7 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
     old_term = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
     try:
         if jobs == 1 or len(pending) <= 1:
+            _tune_malloc()
             for key, (exp, run, _) in list(pending.items()):
                 echo(f"  → {run.exp} {run.label} …")
                 try:

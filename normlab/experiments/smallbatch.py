@@ -19,9 +19,9 @@ PAPER = Scale("paper", dataset="cifar10", model="resnet", model_kw={"depth": 20,
 QUICK = (PAPER.reduce("quick", "CIFAR-10 cannot be had offline: MNIST; a small conv net whose last norm layer sees "
                       "7x7 positions; GN G = 8 for its 16-64 channels", dataset="mnist", model="vgg",
                       model_kw={"cfg": [16, "M", 32, "M", 64, "M"]}, gn="gn:8")
-         .reduce("quick", "a 2-core CPU: three batch sizes, 12,000 training samples per run (0.2 epoch); "
+         .reduce("quick", "a 2-core CPU: three batch sizes, 24,000 training samples per run (0.4 epoch); "
                  "test error on a fixed 5,000-image half of the test split; eval-modes probes on 2,000 images",
-                 batches=(32, 8, 2), samples=12_000, eval_samples=5000, probe_samples=2000))
+                 batches=(32, 8, 2), samples=24_000, eval_samples=5000, probe_samples=2000))
 SMOKE = QUICK.reduce("smoke", "tests only", samples=64, batches=(32, 2), eval_samples=64, probe_samples=64, seeds=2)
 SCALES = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 

@@ -38,7 +38,7 @@ class WuHeBatch(Experiment):
     setup_text = ("ResNet-50 on ImageNet, SGD momentum 0.9, wd 1e-4, lr 0.1·N/32, equal epochs at every batch size; "
                   "BN/LN/IN/GN (G=32) at 32 img/GPU, BN and GN at 32, 16, 8, 4, 2.")
     caveat = ("MNIST is far easier than ImageNet (errors of a few percent, so relative differences are noisier); a "
-              "3-conv net instead of ResNet-50; 0.2 epoch instead of 100 epochs, so no run has converged; BN's "
+              "3-conv net instead of ResNet-50; 0.4 epoch instead of 100 epochs, so no run has converged; BN's "
               "small-batch penalty depends on how few values its statistics see, which differs here.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 

@@ -28,6 +28,7 @@ import torch
 
 MIN_NUMEL = 1 << 15        # smaller calls stay eager in "auto" mode (docs/performance.md)
 THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: waking the pool costs more than it saves
+STREAM_BYTES = 16 << 20    # BatchNorm outputs at least this large skip the cache (half this machine's 32 MB L3)
 
 _ENV = os.environ.get("NORMLAB_FAST", "auto").strip().lower()
 _mode = "off" if _ENV in ("0", "off", "false", "no") else "on" if _ENV == "on" else "auto"
@@ -225,6 +226,10 @@ def _threads(x: torch.Tensor) -> int:
     return torch.get_num_threads() if x.numel() >= THREADED_NUMEL else 1
 
 
+def _stream(x: torch.Tensor) -> int:
+    return int(x.numel() * x.element_size() >= STREAM_BYTES)
+
+
 def _scratch(pl: Plan) -> torch.Tensor | None:
     """Work space of the ch / col kernels, allocated by torch (so running out of memory is a clean error)."""
     if pl.kind == "rows":
@@ -243,9 +248,10 @@ def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     nt, args = _threads(x), (float(eps), mean.data_ptr(), var.data_ptr(), rstd.data_ptr())
     scratch = _scratch(pl)   # held until the kernel returns
     if pl.kind == "ch":
-        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, _ptr(scratch), nt)
+        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, _ptr(scratch), _stream(x),
+                    nt)
     elif pl.kind == "col":
-        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, _ptr(scratch), nt)
+        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, _ptr(scratch), _stream(x), nt)
     else:
         _lib.rows_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), pl.period, pl.nb, *args, nt)
     return y, mean, var, rstd
@@ -264,9 +270,9 @@ def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rst
     stats = (mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db))
     scratch = _scratch(pl)
     if pl.kind == "ch":
-        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, *stats, _ptr(scratch), nt)
+        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, *stats, _ptr(scratch), _stream(x), nt)
     elif pl.kind == "col":
-        _lib.col_bwd(*head, pl.a, pl.c, *stats, _ptr(scratch), nt)
+        _lib.col_bwd(*head, pl.a, pl.c, *stats, _ptr(scratch), _stream(x), nt)
     else:
         if w is None:
             part = None

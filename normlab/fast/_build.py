@@ -23,10 +23,10 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-f
 _P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 SIGNATURES = {   # name: (argument types, return type)
     "scratch_bytes": ([_N, _I, _I, _I], _I),
-    "ch_fwd": ([_P, _P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N], None),
-    "ch_bwd": ([_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _N], None),
-    "col_fwd": ([_P, _P, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N], None),
-    "col_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _N], None),
+    "ch_fwd": ([_P, _P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N, _N], None),
+    "ch_bwd": ([_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _N, _N], None),
+    "col_fwd": ([_P, _P, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N, _N], None),
+    "col_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _N, _N], None),
     "rows_fwd": ([_P, _P, _I, _I, _P, _P, _I, _I, _D, _P, _P, _P, _N], None),
     "rows_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P, _N], None),
 }

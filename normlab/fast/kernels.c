@@ -22,6 +22,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 typedef int64_t i64;
 
@@ -32,6 +35,7 @@ typedef int64_t i64;
 #define W 16           /* col: columns per register block (one vector) */
 #define WB 4           /* col: register blocks per column group */
 #define RB 64          /* col: rows per float partial sum */
+#define TILE 1024      /* floats staged in L1 before non-temporal stores */
 
 static inline i64 min64(i64 a, i64 b) { return a < b ? a : b; }
 
@@ -76,6 +80,27 @@ static inline void finish_stats(double s1, double s2, double m, float k, double 
     *mean = (float)(k + d);
     *var = (float)v;
     *rstd = (float)(1.0 / sqrt(v + eps));
+}
+
+/* dst[0:n] = src[0:n] with non-temporal stores (outputs larger than the cache: no read-for-ownership) */
+static inline void stream_copy(float *restrict dst, const float *restrict src, i64 n) {
+    i64 i = 0;
+#if defined(__AVX512F__)
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = src[i];
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+static inline void store_fence(int stream) {
+#if defined(__AVX__)
+    if (stream) _mm_sfence();
+#else
+    (void)stream;
+#endif
 }
 
 static inline void affine_out(const float *restrict x, float *restrict y, i64 n, float mu, float sc, float sh) {
@@ -200,29 +225,45 @@ static void col_grad_sums(const float *restrict g, const float *restrict x, i64 
 
 /* rows r0..r1 of out = (x - c0[j]) * c1[j] + c2[j] (forward: mean, scale, shift) */
 static void col_out(const float *x, float *y, i64 r0, i64 r1, i64 K, const float *restrict c0,
-                    const float *restrict c1, const float *restrict c2) {
-    for (i64 r = r0; r < r1; r++) {
-        const float *restrict p = x + r * K;
-        float *restrict o = y + r * K;
+                    const float *restrict c1, const float *restrict c2, int stream) {
+    const int staged = stream && K <= TILE;
+    const i64 step = staged ? TILE / K : 1;
+    float tmp[TILE];
+    for (i64 r = r0; r < r1; r += step) {
+        const i64 e = min64(r1, r + step);
+        for (i64 q = r; q < e; q++) {
+            const float *restrict p = x + q * K;
+            float *restrict o = staged ? tmp + (q - r) * K : y + q * K;
 #pragma omp simd
-        for (i64 j = 0; j < K; j++) o[j] = (p[j] - c0[j]) * c1[j] + c2[j];
+            for (i64 j = 0; j < K; j++) o[j] = (p[j] - c0[j]) * c1[j] + c2[j];
+        }
+        if (staged) stream_copy(y + r * K, tmp, (e - r) * K);
     }
+    store_fence(stream);
 }
 
 /* rows r0..r1 of dx = k1[j] * g + k2[j] * (x - mu[j]) + k3[j] */
 static void col_grad_out(const float *g, const float *x, float *dx, i64 r0, i64 r1, i64 K, const float *restrict mu,
-                         const float *restrict k1, const float *restrict k2, const float *restrict k3) {
-    for (i64 r = r0; r < r1; r++) {
-        const float *restrict gp = g + r * K, *restrict xp = x + r * K;
-        float *restrict o = dx + r * K;
+                         const float *restrict k1, const float *restrict k2, const float *restrict k3, int stream) {
+    const int staged = stream && K <= TILE;
+    const i64 step = staged ? TILE / K : 1;
+    float tmp[TILE];
+    for (i64 r = r0; r < r1; r += step) {
+        const i64 e = min64(r1, r + step);
+        for (i64 q = r; q < e; q++) {
+            const float *restrict gp = g + q * K, *restrict xp = x + q * K;
+            float *restrict o = staged ? tmp + (q - r) * K : dx + q * K;
 #pragma omp simd
-        for (i64 j = 0; j < K; j++) o[j] = k1[j] * gp[j] + (k2[j] * (xp[j] - mu[j]) + k3[j]);
+            for (i64 j = 0; j < K; j++) o[j] = k1[j] * gp[j] + (k2[j] * (xp[j] - mu[j]) + k3[j]);
+        }
+        if (staged) stream_copy(dx + r * K, tmp, (e - r) * K);
     }
+    store_fence(stream);
 }
 
 /* col on (R, K) with K = C * B: column j belongs to channel j / B */
 static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float *w, const float *b, double eps,
-                     float *mean, float *var, float *rstd, void *scratch, int nt) {
+                     float *mean, float *var, float *rstd, void *scratch, int stream, int nt) {
     const i64 K = C * B, nb = col_blocks(R, K);
     double *part = scratch; /* nb blocks x (s1, s2) x K */
     float *ks = (float *)(part + 2 * nb * K), *mu = ks + K, *sc = mu + K, *sh = sc + K;
@@ -250,12 +291,12 @@ static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float 
     }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (i64 k = nb - 1; k >= 0; k--) {
-        col_out(x, y, R * k / nb, R * (k + 1) / nb, K, mu, sc, sh);
+        col_out(x, y, R * k / nb, R * (k + 1) / nb, K, mu, sc, sh, stream);
     }
 }
 
 static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i64 B, const float *mean,
-                     const float *rstd, const float *w, float *dw, float *db, void *scratch, int nt) {
+                     const float *rstd, const float *w, float *dw, float *db, void *scratch, int stream, int nt) {
     const i64 K = C * B, nb = col_blocks(R, K);
     double *part = scratch;
     float *mu = (float *)(part + 2 * nb * K), *k1 = mu + K, *k2 = k1 + K, *k3 = k2 + K;
@@ -285,26 +326,26 @@ static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i6
     }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (i64 k = nb - 1; k >= 0; k--) {
-        col_grad_out(g, x, dx, R * k / nb, R * (k + 1) / nb, K, mu, k1, k2, k3);
+        col_grad_out(g, x, dx, R * k / nb, R * (k + 1) / nb, K, mu, k1, k2, k3, stream);
     }
 }
 
 void col_fwd(const float *x, float *y, i64 R, i64 C, const float *w, const float *b, double eps, float *mean,
-             float *var, float *rstd, void *scratch, int nt) {
-    colx_fwd(x, y, R, C, 1, w, b, eps, mean, var, rstd, scratch, nt);
+             float *var, float *rstd, void *scratch, int stream, int nt) {
+    colx_fwd(x, y, R, C, 1, w, b, eps, mean, var, rstd, scratch, stream, nt);
 }
 
 void col_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, const float *mean, const float *rstd,
-             const float *w, float *dw, float *db, void *scratch, int nt) {
-    colx_bwd(g, x, dx, R, C, 1, mean, rstd, w, dw, db, scratch, nt);
+             const float *w, float *dw, float *db, void *scratch, int stream, int nt) {
+    colx_bwd(g, x, dx, R, C, 1, mean, rstd, w, dw, db, scratch, stream, nt);
 }
 
 /* ------------------------------------------------------------------------------------------------ ch: (A, C, B)
    Units are the A * C planes of B values, in address order; a block of units adds into its own per-channel sums. */
 void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const float *b, double eps, float *mean,
-            float *var, float *rstd, void *scratch, int nt) {
+            float *var, float *rstd, void *scratch, int stream, int nt) {
     if (small_plane(C, B)) {
-        colx_fwd(x, y, A, C, B, w, b, eps, mean, var, rstd, scratch, nt);
+        colx_fwd(x, y, A, C, B, w, b, eps, mean, var, rstd, scratch, stream, nt);
         return;
     }
     const i64 n = A * C, nb = min64(NBLK, n);
@@ -334,15 +375,24 @@ void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const
     for (i64 k = nb - 1; k >= 0; k--) {
         for (i64 u = n * k / nb; u < n * (k + 1) / nb; u++) {
             const i64 c = u % C;
-            affine_out(x + u * B, y + u * B, B, mean[c], sc[c], sh[c]);
+            if (!stream) {
+                affine_out(x + u * B, y + u * B, B, mean[c], sc[c], sh[c]);
+                continue;
+            }
+            float tmp[TILE];
+            for (i64 i = 0; i < B; i += TILE) {
+                affine_out(x + u * B + i, tmp, min64(TILE, B - i), mean[c], sc[c], sh[c]);
+                stream_copy(y + u * B + i, tmp, min64(TILE, B - i));
+            }
         }
+        store_fence(stream);
     }
 }
 
 void ch_bwd(const float *g, const float *x, float *dx, i64 A, i64 C, i64 B, const float *mean, const float *rstd,
-            const float *w, float *dw, float *db, void *scratch, int nt) {
+            const float *w, float *dw, float *db, void *scratch, int stream, int nt) {
     if (small_plane(C, B)) {
-        colx_bwd(g, x, dx, A, C, B, mean, rstd, w, dw, db, scratch, nt);
+        colx_bwd(g, x, dx, A, C, B, mean, rstd, w, dw, db, scratch, stream, nt);
         return;
     }
     const i64 n = A * C, nb = min64(NBLK, n);
@@ -375,8 +425,17 @@ void ch_bwd(const float *g, const float *x, float *dx, i64 A, i64 C, i64 B, cons
     for (i64 k = nb - 1; k >= 0; k--) {
         for (i64 u = n * k / nb; u < n * (k + 1) / nb; u++) {
             const i64 c = u % C;
-            grad_out(g + u * B, x + u * B, dx + u * B, B, mean[c], k1[c], k2[c], k3[c]);
+            if (!stream) {
+                grad_out(g + u * B, x + u * B, dx + u * B, B, mean[c], k1[c], k2[c], k3[c]);
+                continue;
+            }
+            float tmp[TILE];
+            for (i64 i = 0; i < B; i += TILE) {
+                grad_out(g + u * B + i, x + u * B + i, tmp, min64(TILE, B - i), mean[c], k1[c], k2[c], k3[c]);
+                stream_copy(dx + u * B + i, tmp, min64(TILE, B - i));
+            }
         }
+        store_fence(stream);
     }
 }
 
