@@ -38,8 +38,9 @@ reproduce: setup
 test: setup
 	$(PY) -m pytest -n 2 tests
 
+# PASSIVE: idle OpenMP threads sleep instead of spinning, so 2-thread timings survive a busy machine (docs/performance.md)
 bench: setup
-	$(PRELOAD) $(PY) benchmarks/run.py
+	OMP_WAIT_POLICY=PASSIVE $(PRELOAD) $(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -125,7 +125,10 @@ def test_fast_channels_last(make, shape, spy):
 
 @pytest.mark.parametrize("make,shape,fmt", [(lambda: normlab.BatchNorm2d(4), (3, 4, 16, 17), None),
                                             (lambda: normlab.BatchNorm2d(6), (5, 6, 4, 3), None),
-                                            (lambda: normlab.BatchNorm2d(70), (5, 70, 4, 4), torch.channels_last)])
+                                            (lambda: normlab.BatchNorm2d(70), (5, 70, 4, 4), torch.channels_last),
+                                            (lambda: normlab.GroupNorm(3, 6), (4, 6, 5, 3), None),
+                                            (lambda: normlab.LayerNorm(1500), (7, 1500), None),
+                                            (lambda: normlab.InstanceNorm2d(6), (4, 6, 5, 3), None)])
 def test_fast_streaming_stores(make, shape, fmt, spy, monkeypatch):
     """Outputs of at least STREAM_BYTES take non-temporal stores: same numbers (forced here on small tensors)."""
     monkeypatch.setattr(fast, "STREAM_BYTES", 0)

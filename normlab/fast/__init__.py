@@ -1,11 +1,11 @@
 """The fast path of normlab's normalization core: fused float32 CPU kernels for the forward and first backward.
 
 core.NormalizeFn asks `plan(x, dims, p, weight, bias, shape)` whether a call fits; a Plan means the C kernels
-(kernels.c, built once per machine by _build.py) compute y = w * xhat + b and the statistics in one fused call, and
-the first-order backward (dx, dw, db) in another. Same math as the eager path, same numbers to float32 rounding;
-the double backward always takes the eager, differentiable path.
+(kernels.h, bn.c, rows.c; built once per machine by _build.py) compute y = w * xhat + b and the statistics in one
+call, and the first-order backward (dx, dw, db) in another. Same math as the eager path, same numbers to float32
+rounding; the double backward always takes the eager, differentiable path.
 
-It applies to float32 CPU tensors with p = 2 whose statistic sets form one of three layouts (see kernels.c):
+It applies to float32 CPU tensors with p = 2 whose statistic sets form one of three layouts (see kernels.h):
 BatchNorm on NCHW / (N, C, L) / (N, C) / channels_last, and any trailing-dims reduction (LayerNorm, GroupNorm,
 InstanceNorm on contiguous input), with at least MIN_NUMEL values (smaller calls stay eager: runs on tiny tensors
 never compile anything, and there Python overhead dominates either path).
@@ -28,7 +28,7 @@ import torch
 
 MIN_NUMEL = 1 << 15        # smaller calls stay eager in "auto" mode (docs/performance.md)
 THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: waking the pool costs more than it saves
-STREAM_BYTES = 16 << 20    # BatchNorm outputs at least this large skip the cache (half this machine's 32 MB L3)
+STREAM_BYTES = 16 << 20    # outputs at least this large skip the cache (half this machine's 32 MB L3)
 
 _ENV = os.environ.get("NORMLAB_FAST", "auto").strip().lower()
 _mode = "off" if _ENV in ("0", "off", "false", "no") else "on" if _ENV == "on" else "auto"
@@ -253,7 +253,7 @@ def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     elif pl.kind == "col":
         _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, _ptr(scratch), _stream(x), nt)
     else:
-        _lib.rows_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), pl.period, pl.nb, *args, nt)
+        _lib.rows_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), pl.period, pl.nb, *args, _stream(x), nt)
     return y, mean, var, rstd
 
 
@@ -281,7 +281,7 @@ def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rst
         else:
             part = torch.empty(2 * pl.a * pl.nb)
         _lib.rows_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), pl.period, pl.nb, _ptr(dw),
-                      _ptr(db), _ptr(part), nt)
+                      _ptr(db), _ptr(part), _stream(x), nt)
     dw = dw.view(weight.shape) if weight is not None else None
     db = db.view(bias.shape) if bias is not None else None
     return dx, dw, db

@@ -1,4 +1,4 @@
-"""Compile kernels.c once per machine into a cached shared library and load it with ctypes.
+"""Compile the C kernels (kernels.h, bn.c, rows.c) once per machine into a cached shared library; load it with ctypes.
 
 Plain C with no torch headers: gcc builds it in about a second (a torch C++ extension takes about a minute), and
 OpenMP calls resolve to the libgomp that torch has already loaded, so the kernels share torch's thread pool.
@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("kernels.c")
+HERE = Path(__file__).parent
+SOURCES = [HERE / "bn.c", HERE / "rows.c"]
+HEADERS = [HERE / "kernels.h"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
 
 _P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
@@ -27,8 +29,8 @@ SIGNATURES = {   # name: (argument types, return type)
     "ch_bwd": ([_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _N, _N], None),
     "col_fwd": ([_P, _P, _I, _I, _P, _P, _D, _P, _P, _P, _P, _N, _N], None),
     "col_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _N, _N], None),
-    "rows_fwd": ([_P, _P, _I, _I, _P, _P, _I, _I, _D, _P, _P, _P, _N], None),
-    "rows_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P, _N], None),
+    "rows_fwd": ([_P, _P, _I, _I, _P, _P, _I, _I, _D, _P, _P, _P, _N, _N], None),
+    "rows_bwd": ([_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P, _N, _N], None),
 }
 
 
@@ -54,7 +56,8 @@ def compiler() -> str | None:
 
 def library_path(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id(), platform.machine()])
+    code = [p.read_text() for p in HEADERS + SOURCES]
+    key = "\0".join([*code, " ".join(FLAGS), version, _cpu_id(), platform.machine()])
     return cache_dir() / f"normlab_fast_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
@@ -77,10 +80,10 @@ def build() -> tuple[ctypes.CDLL, float]:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
         os.close(fd)
         try:
-            res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+            res = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True,
                                  timeout=300)
             if res.returncode != 0:
-                raise RuntimeError(f"compiling {SOURCE.name} failed: {res.stderr.strip()[-2000:]}")
+                raise RuntimeError(f"compiling the fast kernels failed: {res.stderr.strip()[-2000:]}")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -13,7 +13,8 @@ import glob
 import os
 
 CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-              "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4",
+              "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+              "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4",
               "/usr/local/lib/libtcmalloc_minimal.so.4")
 
 
