@@ -155,10 +155,11 @@ def quarter_layers(n: int) -> list[int]:
     return sorted({round(0.25 * (n - 1)), round(0.75 * (n - 1))})
 
 
-def relu_inputs(model_name: str, norm: str, in_shape: tuple, num_classes: int, model_kw: dict,
+def relus_after(model_name: str, norm: str, in_shape: tuple, num_classes: int, model_kw: dict,
                 indices: Sequence[int]) -> list[str]:
-    """Module names of the first ReLU after weight layer i, for i in `indices`: its input is the activation a layer
-    passes on (after the norm, and after the noise of noisy BN)."""
+    """Module names of the first ReLU after weight layer i, for i in `indices`. Its output is the activation the
+    layer passes on to the next one (after the norm, the noise of noisy BN and the nonlinearity); record it with
+    site="output" (the models' ReLUs are in-place, so a recorded *input* would be rectified already)."""
     from torch import nn
     from .. import models
     model = models.build(model_name, norm, in_shape, num_classes, **model_kw)

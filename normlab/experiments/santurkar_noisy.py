@@ -6,7 +6,7 @@ standard (no BN), BN, and "noisy BN": after each BN layer, time-varying non-zero
 a -> s a + m). Plots: training accuracy vs steps; the activation distributions of a layer over time.
 Quick: MNIST (CIFAR-10 cannot be had offline), VGG-11 layout at 1/8 width (8 conv layers kept), fewer steps.
 
-Instruments: DistributionsHook on the input of the ReLU after an early and a late weight layer (the activation the
+Instruments: DistributionsHook on the output of the ReLU after an early and a late weight layer (the activation the
 next layer receives, noise included), every `dist_every` steps; dmean/dvar = mean over units of the change of each
 unit's mean/variance between consecutive records (Santurkar Fig. 2 right), divided by the layer's std/variance so
 that nets whose activations differ in scale compare fairly (the raw numbers are in the table too).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
 from .common import (band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, relative_change,
-                     relu_inputs, stat_text, tail_mean, time_mean, train_run)
+                     relus_after, stat_text, tail_mean, time_mean, train_run)
 from .instruments import spec
 from .verdict import all_of, greater, similar
 from ..report import figure, panel
@@ -59,8 +59,8 @@ class SanturkarNoisy(Experiment):
         layers = quarter_layers(n_weight_layers("vgg", s.in_shape, 10, kw))
         out = []
         for net in NETS:
-            relus = relu_inputs("vgg", net, s.in_shape, 10, kw, layers)
-            inst = [spec("distributions", layers=relus, site="input", bins=20, units=[0], every=s.dist_every),
+            relus = relus_after("vgg", net, s.in_shape, 10, kw, layers)
+            inst = [spec("distributions", layers=relus, site="output", bins=20, units=[0], every=s.dist_every),
                     spec("batch-acc", every=s.dist_every)]
             out += [train_run(self.id, net, seed, inst, extra={"layers": relus}, model="vgg", norm=net,
                               dataset=self.dataset_of(s), init="glorot", model_kw=kw, optimizer="sgd", lr=s.lr,

@@ -6,8 +6,9 @@ of activations at an early and a late layer.
 Quick: Fashion-MNIST when installed (closest offline stand-in for CIFAR-10's difficulty), else MNIST; VGG-11 layout at
 1/8 width (8 conv layers kept); 500 steps.
 
-Instruments: DistributionsHook on the input of the ReLU after an early and a late weight layer (1/4 and 3/4 of the
-depth), every `dist_every` steps: histograms, and per record the change of each unit's mean and variance.
+Instruments: DistributionsHook on the output of the ReLU after an early and a late weight layer (1/4 and 3/4 of the
+depth: the activation the next layer receives), every `dist_every` steps: histograms, and per record the change of
+each unit's mean and variance.
 Training accuracy: the "batch-acc" instrument (train mode, the step's batch, as a training loop logs it).
 Verdict: (1, 2) BN's mean training accuracy over the first quarter of training is higher than the plain net's, at
 lr 0.1 and at lr 0.5 (a diverged run counts as chance);
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 
 from .base import Experiment, Outcome, Scale
-from .common import (at_step, band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, relu_inputs,
+from .common import (at_step, band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, relus_after,
                      relative_change, stat_text, time_mean, train_run, window_mean)
 from .instruments import spec
 from .verdict import all_of, greater, similar
@@ -60,8 +61,8 @@ class SanturkarVGG(Experiment):
         out = []
         for lr in s.lrs:
             for norm in ("none", "bn"):
-                relus = relu_inputs("vgg", norm, s.in_shape, 10, kw, layers)
-                inst = [spec("distributions", layers=relus, site="input", bins=40, units=[0], every=s.dist_every),
+                relus = relus_after("vgg", norm, s.in_shape, 10, kw, layers)
+                inst = [spec("distributions", layers=relus, site="output", bins=40, units=[0], every=s.dist_every),
                         spec("batch-acc", every=s.dist_every)]
                 out += [train_run(self.id, f"{norm} lr={lr:g}", seed, inst, extra={"layers": relus}, model="vgg",
                                   norm=norm, dataset=self.dataset_of(s), init="glorot", model_kw=kw, lr=lr,
@@ -120,8 +121,9 @@ class SanturkarVGG(Experiment):
                 panels.append(panel(f"{lab}, {name} layer (lr {lr0:g}, seed {r.run.seed})", "activation",
                                     "fraction of values", ser))
         figs = [figure("fig1", "Santurkar Fig. 1 (ours): training and test accuracy (mean and [min, max] over "
-                               "seeds), and histograms of the activations entering an early and a late layer at the "
-                               "start, middle and end of training, with and without BN.", panels, ncols=3)]
+                               "seeds), and histograms of the activations (after the ReLU) that an early and a late "
+                               "layer pass on, at the start, middle and end of training, with and without BN.",
+                       panels, ncols=3)]
         table = []
         for k, v in g.items():
             lr = float(k.split("=")[1])

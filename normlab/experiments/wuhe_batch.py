@@ -83,7 +83,17 @@ class WuHeBatch(Experiment):
                               xticks=bs)])]
         table = [{"norm": k.split(" ")[0].upper(), "batch": k.split("=")[1], "test error (%)": stat_text(v, ".2f", 100)}
                  for k, v in err.items()]
-        return Outcome(verdict, checks, figs, table)
+        notes = []
+        gn_trend = greater("", "big", err[f"gn b={big}"], "small", err[f"gn b={small}"])
+        if gn_trend.outcome == "supported":   # a diagnostic, shown with the numbers; it changes no verdict
+            notes.append(f"GN normalizes each sample on its own, yet its error at batch {big} "
+                         f"({100 * sum(err[f'gn b={big}']) / len(err[f'gn b={big}']):.2f}%) is above its error at "
+                         f"batch {small} ({100 * sum(err[f'gn b={small}']) / len(err[f'gn b={small}']):.2f}%), "
+                         f"ranges separated: at equal epochs the batch-{big} runs took {big // small}x fewer updates "
+                         f"({smallbatch.steps(s, big):,} steps) and have not converged, so this scale measures "
+                         f"optimization progress more than normalization; it cannot decide the batch-size parts of "
+                         f"the claim.")
+        return Outcome(verdict, checks, figs, table, notes)
 
 
 EXPERIMENT = WuHeBatch()
