@@ -91,6 +91,9 @@ def test_greater_all_three_outcomes():
     sup = verdict.greater("c", "bn", [0.95, 0.96, 0.97], "none", [0.90, 0.91, 0.92])
     assert sup.outcome == "supported" and sup.value == pytest.approx(0.05)
     assert "ranges separated" in sup.deciding and "bn 0.96 [0.95, 0.97]" in sup.deciding
+    assert sup.shown == "bn − none: +0.05"
+    pct = verdict.greater("c", "bn", [0.95, 0.96, 0.97], "none", [0.90, 0.91, 0.92], fmt=".1f", scale=100, unit="%")
+    assert pct.shown == "bn − none: +5.0%" and "bn 96.0% [95.0, 97.0]" in pct.deciding
     nos = verdict.greater("c", "bn", [0.80, 0.81, 0.82], "none", [0.90, 0.91, 0.92])
     assert nos.outcome == "not supported" and nos.value == pytest.approx(-0.1)
     inc = verdict.greater("c", "bn", [0.90, 0.95, 0.99], "none", [0.91, 0.92, 0.93])
@@ -114,6 +117,7 @@ def test_similar_all_three_outcomes():
     groups = {"bs32": [0.100, 0.102], "bs8": [0.101, 0.104], "bs2": [0.099, 0.103]}
     sup = verdict.similar("flat", groups, tol=0.01)
     assert sup.outcome == "supported" and sup.value == pytest.approx(0.1025 - 0.101)
+    assert sup.shown == "spread 0.0015 (tol 0.01)"
     nos = verdict.similar("flat", {"bs32": [0.10, 0.11], "bs2": [0.30, 0.32]}, tol=0.05)
     assert nos.outcome == "not supported"          # best case 0.30 - 0.11 = 0.19 > 0.05
     inc = verdict.similar("flat", {"bs32": [0.10, 0.14], "bs2": [0.12, 0.18]}, tol=0.05)

@@ -58,7 +58,7 @@ def test_report_markdown_and_html_content(report_dir):
     html = (report_dir / "report.html").read_text()
     # the verdict table comes first, then the experiment's section
     assert md.index("## Verdicts") < md.index("## fake — fake experiment")
-    assert "| [fake](#fake) | fake experiment | tests | **supported** | 10 |" in md
+    assert "| [fake](#fake) | fake experiment | tests | **supported** | a − b: +10 |" in md
     assert "**Verdict: supported** — a 10.5 [10, 11] vs b 0.5 [0, 1]: difference +10" in md
     assert "**Rerun:** `normlab reproduce --scale smoke --only fake --out " in md
     figs = report_dir / "figures"

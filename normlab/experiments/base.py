@@ -162,6 +162,7 @@ class Verdict:
     value: float
     deciding: str
     note: str = ""
+    shown: str = ""   # the deciding number as printed, with its unit ("+0.02%", "ratio 1.01x"); value is raw
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

@@ -22,8 +22,9 @@ from ..report import figure, panel, series
 
 PAPER = Scale("paper", dataset="mnist", epochs=50, train_size=60_000, batches=(16, 64, 256), ghost=16, lr32=0.1,
               eval_samples=0, seeds=3)
-QUICK = PAPER.reduce("quick", "a small training set makes the generalization gap visible in CPU time: the embedded "
-                     "5,000-image MNIST (4,000 train), 40 epochs", dataset="mnist-5k", epochs=40, train_size=4000)
+QUICK = PAPER.reduce("quick", "a training set small enough to be fit within CPU time, so that there is a "
+                     "generalization gap to compare: the embedded 5,000-image MNIST (4,000 train), 40 epochs",
+                     dataset="mnist-5k", epochs=40, train_size=4000)
 SMOKE = QUICK.reduce("smoke", "tests only", epochs=1, batches=(64, 256), eval_samples=100, seeds=2)
 
 

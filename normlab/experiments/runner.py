@@ -328,7 +328,7 @@ def verdict_table(out: str | Path) -> str:
     for rec in sorted(recs, key=lambda r: (r.get("order", 999), r["id"])):
         v = rec["outcome"]["verdict"]
         num = v["value"]
-        num_s = "—" if num is None or num != num else f"{num:.3g}"
+        num_s = v.get("shown") or ("—" if num is None or num != num else f"{num:.3g}")
         rows.append((rec["id"], rec["scale"], v["outcome"], num_s, _duration(rec["compute_s"])))
     head = ("experiment", "scale", "verdict", "deciding", "compute")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]

@@ -37,7 +37,8 @@ def _all_hold(claim: str, rows: list[dict], key: str, what: str, value) -> Verdi
     ok = sum(bool(r[key]) for r in rows)
     w = max(value(r) for r in rows)
     outcome = "supported" if ok == len(rows) else "not supported"
-    return Verdict(claim, outcome, w, f"holds in {ok}/{len(rows)} (layer, step, seed) records; worst {what} {w:.3g}")
+    return Verdict(claim, outcome, w, f"holds in {ok}/{len(rows)} (layer, step, seed) records; worst {what} {w:.3g}",
+                   shown=f"{ok}/{len(rows)} hold")
 
 
 def _bound_ratio(r: dict) -> float:

@@ -76,14 +76,17 @@ def _compare(claim: str, a_name: str, a: Sequence[float], b_name: str, b: Sequen
         outcome = "inconclusive"
     if ratio:
         value = sa.mean / sb.mean if sb.mean != 0 else math.inf
-        diff = f"ratio {value:.3g}x"
+        shown = f"ratio {value:.3g}x"
+        diff = shown
     else:
         value = sa.mean - sb.mean
-        diff = f"difference {value * scale:+{fmt}}{unit}"
+        shown = f"{value * scale:+{fmt}}{unit}"
+        diff = f"difference {shown}"
     why = "ranges overlap" if outcome == "inconclusive" else "ranges separated"
     text = (f"{a_name} {sa.text(fmt, scale, unit)} vs {b_name} {sb.text(fmt, scale, unit)}: {diff} ({why}; "
             f"n={sa.n}/{sb.n} seeds)")
-    return Verdict(claim, outcome, value, text)
+    return Verdict(claim, outcome, value, text, shown=f"{a_name} − {b_name}: {shown}" if not ratio
+                   else f"{a_name} / {b_name}: {shown}")
 
 
 def similar(claim: str, groups: dict[str, Sequence[float]], tol: float, *, fmt: str = ".3g", scale: float = 1.0,
@@ -110,7 +113,8 @@ def similar(claim: str, groups: dict[str, Sequence[float]], tol: float, *, fmt: 
     parts = "; ".join(f"{k} {s.text(fmt, scale, unit)}" for k, s in stats.items())
     text = (f"{parts}: means differ by {spread * scale:{fmt}}{unit} (tolerance {tol * scale:{fmt}}{unit}; "
             f"worst case {worst * scale:{fmt}}{unit}, best case {max(best, 0) * scale:{fmt}}{unit})")
-    return Verdict(claim, outcome, spread, text)
+    return Verdict(claim, outcome, spread, text, shown=f"spread {spread * scale:{fmt}}{unit} "
+                                                      f"(tol {tol * scale:{fmt}}{unit})")
 
 
 def all_of(claim: str, verdicts: Sequence[Verdict]) -> Verdict:
@@ -120,10 +124,10 @@ def all_of(claim: str, verdicts: Sequence[Verdict]) -> Verdict:
     for outcome in ("not supported", "inconclusive"):
         for v in verdicts:
             if v.outcome == outcome:
-                return Verdict(claim, outcome, v.value, f"{v.claim} — {v.deciding}", v.note)
+                return Verdict(claim, outcome, v.value, f"{v.claim} — {v.deciding}", v.note, v.shown)
     first = verdicts[0]
     return Verdict(claim, "supported", first.value, f"all {len(verdicts)} parts supported; e.g. {first.claim} — "
-                   f"{first.deciding}")
+                   f"{first.deciding}", shown=first.shown)
 
 
 def undecidable(claim: str, why: str) -> Verdict:

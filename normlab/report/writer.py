@@ -31,6 +31,11 @@ def _num(v: float | None) -> str:
     return f"{v:.3g}"
 
 
+def _shown(v: dict) -> str:
+    """The deciding number as the rule printed it (with unit), else the raw value."""
+    return v.get("shown") or _num(v["value"])
+
+
 def _cell(v: object) -> str:
     if isinstance(v, float):
         return _num(v)
@@ -76,7 +81,7 @@ def _markdown(recs: list[dict], figs: dict, out: Path) -> str:
         v = r["outcome"]["verdict"]
         lines.append(f"| [{r['id']}](#{r['id']}) | {_md_escape(r['title'])} | {_md_escape(r['source'])} | "
                      f"**{v['outcome']}** | "
-                     f"{_md_escape(_num(v['value']))} | {_md_escape(r['dataset'])} | {r['scale']} | "
+                     f"{_md_escape(_shown(v))} | {_md_escape(r['dataset'])} | {r['scale']} | "
                      f"{_duration(r['compute_s'])} |")
     lines += ["", VERDICT_RULE, ""]
     for r in recs:
@@ -89,7 +94,7 @@ def _markdown(recs: list[dict], figs: dict, out: Path) -> str:
         checks = r["outcome"]["checks"]
         if checks:
             lines += ["| part of the claim | verdict | deciding number | evidence |", "|---|---|---|---|"]
-            lines += [f"| {_md_escape(c['claim'])} | {c['outcome']} | {_num(c['value'])} | "
+            lines += [f"| {_md_escape(c['claim'])} | {c['outcome']} | {_md_escape(_shown(c))} | "
                       f"{_md_escape(c['deciding'])}{_md_escape(' (' + c['note'] + ')') if c.get('note') else ''} |"
                       for c in checks]
             lines.append("")
@@ -156,7 +161,7 @@ def _html(recs: list[dict], figs: dict) -> str:
         v = r["outcome"]["verdict"]
         p.append(f"<tr><td><a href=\"#{_e(r['id'])}\">{_e(r['id'])}</a></td><td>{_e(r['title'])}</td>"
                  f"<td>{_e(r['source'])}</td>"
-                 f"<td>{_badge(v['outcome'])}</td><td>{_e(_num(v['value']))}</td><td>{_e(r['dataset'])}</td>"
+                 f"<td>{_badge(v['outcome'])}</td><td>{_e(_shown(v))}</td><td>{_e(r['dataset'])}</td>"
                  f"<td>{_e(r['scale'])}</td><td>{_e(_duration(r['compute_s']))}</td></tr>")
     p += ["</table>", f"<p class=meta>{_e(VERDICT_RULE).replace('*', '')}</p>"]
     for r in recs:
@@ -170,7 +175,7 @@ def _html(recs: list[dict], figs: dict) -> str:
         if checks:
             p.append("<table><tr><th>part of the claim</th><th>verdict</th><th>deciding number</th>"
                      "<th>evidence</th></tr>")
-            p += [f"<tr><td>{_e(c['claim'])}</td><td>{_badge(c['outcome'])}</td><td>{_e(_num(c['value']))}</td>"
+            p += [f"<tr><td>{_e(c['claim'])}</td><td>{_badge(c['outcome'])}</td><td>{_e(_shown(c))}</td>"
                   f"<td>{_e(c['deciding'])}{' <i>(' + _e(c['note']) + ')</i>' if c.get('note') else ''}</td></tr>"
                   for c in checks]
             p.append("</table>")
