@@ -135,8 +135,8 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
 
     from . import data, diagnostics, models
     from .checkpoint import load_checkpoint, write_json_atomic
-    from .loop import _loss_fn
-    from .train import TrainConfig, _lr_at, _make_optimizer
+    from .loop import loss_fn_for
+    from .train import TrainConfig, lr_at, make_optimizer
     path = Path(checkpoint) / "checkpoint.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     try:
         names = diagnostics.parse_what(what)
@@ -146,13 +146,13 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
         ds = data.load(cfg.dataset, root=data_root or cfg.data_root, seed=seed)
         model = models.build(cfg.model, cfg.norm, ds.in_shape, ds.num_classes, cfg.init, **dict(cfg.model_kw))
         model.load_state_dict(state["model"])
-        opt = _make_optimizer(cfg, model.parameters())
+        opt = make_optimizer(cfg, model.parameters())
         opt.load_state_dict(state["optimizer"])
-        loss_fn, _ = _loss_fn(cfg, ds)
+        loss_fn, _ = loss_fn_for(cfg, ds)
         xs, ys = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
         n = min(batch_size or cfg.batch_size, len(xs))
         idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(batch_seed))[:n]
-        lr = lr if lr is not None else _lr_at(cfg, int(state["step"]))
+        lr = lr if lr is not None else lr_at(cfg, int(state["step"]))
         sel = None if layers is None else [int(v) if v.strip().lstrip("-").isdigit() else v.strip()
                                            for v in layers.split(",")]
         results = diagnostics.diagnose(model.train(), loss_fn, xs[idx], ys[idx], names, opt, lr, sel, **opts)

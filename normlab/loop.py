@@ -19,7 +19,7 @@ from . import data as data_mod
 from . import distributed as dist_mod
 from . import models
 from .train import (CHECKPOINT, DIAGNOSTICS, EVAL_SUBSET_SEED, METRICS, SUMMARY, ConfigError, StepContext,
-                    TrainConfig, _dataset, _hook_name, _lr_at, _make_optimizer, _rows, evaluate, resolve_device)
+                    TrainConfig, _dataset, _hook_name, _rows, evaluate, lr_at, make_optimizer, resolve_device)
 
 
 class _Batches:
@@ -43,7 +43,8 @@ class _Batches:
         return self.perm[start:start + self.local]
 
 
-def _loss_fn(cfg: TrainConfig, ds: data_mod.Dataset) -> tuple[Callable, bool]:
+def loss_fn_for(cfg: TrainConfig, ds: data_mod.Dataset) -> tuple[Callable, bool]:
+    """(loss(out, y), is_classification) for cfg.loss on ds; "auto" is MSE for regression, cross-entropy otherwise."""
     kind = cfg.loss if cfg.loss != "auto" else ("mse" if ds.task == "regression" else "ce")
     if kind == "ce" and ds.task == "regression":
         raise ConfigError(f"loss: 'ce' needs class labels but {ds.name} is a regression dataset; use 'mse'")
@@ -124,8 +125,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     if world > 1:
         dist_mod.broadcast_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _make_optimizer(cfg, params)
-    loss_fn, classify = _loss_fn(cfg, ds)
+    opt = make_optimizer(cfg, params)
+    loss_fn, classify = loss_fn_for(cfg, ds)
     ev_tr, ev_te = _subset(len(x_train), cfg.eval_samples, 0), _subset(len(ds.x_test), cfg.eval_samples, 1)
     ev = {"train": (x_train[ev_tr.to(device)], y_train[ev_tr.to(device)]),
           "test": (ds.x_test[ev_te].to(device), ds.y_test[ev_te].to(device))}
@@ -165,7 +166,7 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     def row(step: int, with_eval: bool) -> dict:
         n = acc["loss_n"]
         r = {"step": step, "loss": acc["last_loss"], "loss_avg": acc["loss_sum"] / n if n else None,
-             "lr": _lr_at(cfg, step)}
+             "lr": lr_at(cfg, step)}
         acc["loss_sum"], acc["loss_n"] = 0.0, 0
         if with_eval:
             for split in ("train", "test"):
@@ -188,14 +189,14 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead and sys.stderr.isatty()),
                mininterval=0.5, dynamic_ncols=True, desc=f"{cfg.model}/{cfg.norm}")
-    lr = _lr_at(cfg, start)
+    lr = lr_at(cfg, start)
     for g in opt.param_groups:
         g["lr"] = lr
     check_every = 1 if device.type == "cpu" else 16   # on GPU, read the loss back in groups to avoid a sync per step
     losses: list[torch.Tensor] = []
     model.train()
     for t in range(start, cfg.steps):
-        new_lr = _lr_at(cfg, t)
+        new_lr = lr_at(cfg, t)
         if new_lr != lr:
             lr = new_lr
             for g in opt.param_groups:

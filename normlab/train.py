@@ -189,13 +189,15 @@ def _dataset(cfg: TrainConfig) -> data_mod.Dataset:
     return _DATA_CACHE[key]
 
 
-def _lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of cfg's schedule at `step` (constant, or multiplied by lr_gamma at each milestone)."""
     if cfg.schedule == "step":
         return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if step >= m)
     return cfg.lr
 
 
-def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """The optimizer cfg names (SGD with momentum/weight decay, or Adam) over `params`."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import socket
 import time
 
 import pytest
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import normlab
+from normlab.distributed import free_port
 from normlab.layers import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 
 
@@ -157,15 +157,9 @@ def _worker(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_on_the_whole_batch():
     world, limit = 2, 150.0
-    ctx = mp.start_processes(_worker, args=(world, _free_port()), nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(world, free_port()), nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + limit
     while not ctx.join(timeout=1.0):     # raises ProcessRaisedException with the worker's traceback
         if time.monotonic() > deadline:

@@ -40,6 +40,15 @@ def pick_dataset(preferred: Sequence[str]) -> str:
     raise RuntimeError(f"dataset: none of {list(preferred)} is available offline; see docs/experiments.md")
 
 
+# The quick scales name MNIST-like data; when it is not on disk, the next of these that is stands in.
+_FALLBACKS = {"mnist": ["mnist", "mnist-5k"], "fashion-mnist": ["fashion-mnist", "mnist", "mnist-5k"]}
+
+
+def offline(name: str) -> str:
+    """`name`, or the first available stand-in for it (fashion-mnist -> mnist -> mnist-5k); others unchanged."""
+    return pick_dataset(_FALLBACKS[name]) if name in _FALLBACKS else name
+
+
 def groups(results: Iterable[Result]) -> dict[str, list[Result]]:
     """Results by run group, in first-seen order, each sorted by seed."""
     out: dict[str, list[Result]] = {}

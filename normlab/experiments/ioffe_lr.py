@@ -13,7 +13,7 @@ Verdict: at the largest multiplier (x30), BN's final test accuracy is higher tha
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import final, groups, pick_dataset, stat_text, train_run
+from .common import final, groups, offline, stat_text, train_run
 from .verdict import greater
 from ..report import figure, panel, series
 
@@ -37,7 +37,7 @@ class IoffeLR(Experiment):
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
     def dataset_of(self, s: Scale) -> str:
-        return pick_dataset([s.dataset, "mnist-5k"])
+        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         return [train_run(self.id, f"{norm} x{m}", seed, model="mlp", norm=norm, dataset=self.dataset_of(s),

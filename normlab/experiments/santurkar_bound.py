@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from .base import Experiment, Outcome, Scale, Verdict
-from .common import band, curve, groups, pick_dataset, rows_of, stat_text, time_mean, train_run
+from .common import band, curve, groups, offline, rows_of, stat_text, time_mean, train_run
 from .instruments import spec
 from .verdict import all_of, less
 from ..report import figure, panel
@@ -63,7 +63,7 @@ class SanturkarBound(Experiment):
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
     def dataset_of(self, s: Scale) -> str:
-        return pick_dataset([s.dataset, "mnist-5k"]) if s.dataset == "mnist" else s.dataset
+        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

@@ -17,7 +17,7 @@ The raw ||G - G'|| is reported beside them.
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, stat_text, time_mean, \
+from .common import band, curve, groups, n_weight_layers, offline, quarter_layers, stat_text, time_mean, \
     train_run
 from .instruments import spec
 from .verdict import all_of, greater, less
@@ -50,17 +50,14 @@ class SanturkarICS(Experiment):
               "and normlab's Glorot init forced a larger LR, which changes the dynamics the paper saw.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def vgg_dataset(self, s: Scale) -> str:
-        return pick_dataset([s.dataset, "mnist-5k"]) if s.dataset == "mnist" else s.dataset
-
     def dataset_of(self, s: Scale) -> str:
-        return f"{self.vgg_dataset(s)} (VGG); synthetic-linear (linear net)"
+        return f"{offline(s.dataset)} (VGG); synthetic-linear (linear net)"
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}
         vgg_layers = quarter_layers(n_weight_layers("vgg", s.in_shape, 10, kw))
         lin_layers = quarter_layers(25)
-        ds = self.vgg_dataset(s)
+        ds = offline(s.dataset)
         out = []
         for lr in s.lrs:
             for norm in ("none", "bn"):

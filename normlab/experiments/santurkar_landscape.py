@@ -15,7 +15,7 @@ is reported as the BN/no-BN ratio over the first 10% of records.
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, groups, pick_dataset, rows_of, stat_text, time_mean, train_run
+from .common import band, curve, groups, offline, rows_of, stat_text, time_mean, train_run
 from .instruments import spec
 from .verdict import all_of, less
 from ..report import figure, panel
@@ -57,11 +57,8 @@ class SanturkarLandscape(Experiment):
               "with normlab's init ([open]); the spacing of the probe points is not stated by the paper.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def vgg_dataset(self, s: Scale) -> str:
-        return pick_dataset([s.dataset, "mnist-5k"]) if s.dataset == "mnist" else s.dataset
-
     def dataset_of(self, s: Scale) -> str:
-        return f"{self.vgg_dataset(s)} (VGG); synthetic-linear (linear net)"
+        return f"{offline(s.dataset)} (VGG); synthetic-linear (linear net)"
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}
@@ -69,7 +66,7 @@ class SanturkarLandscape(Experiment):
         for norm in ("none", "bn"):
             inst = [spec("landscape", span=[0.5, 4.0], points=s.points, spacing="linear", every=s.every)]
             out += [train_run(self.id, f"vgg {norm}", seed, inst, model="vgg", norm=norm,
-                              dataset=self.vgg_dataset(s), init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch,
+                              dataset=offline(s.dataset), init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch,
                               steps=s.steps, eval_every=max(1, s.steps // 10), eval_samples=s.eval_samples,
                               device=device)
                     for seed in seeds]

@@ -14,7 +14,7 @@ The "no Gaussian-like or stable distributions" part of the claim is not measured
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, final, groups, pick_dataset, stat_text, tail_mean, train_run
+from .common import band, curve, final, groups, offline, stat_text, tail_mean, train_run
 from .instruments import spec
 from .verdict import all_of, less, similar
 from ..report import figure, panel
@@ -47,16 +47,13 @@ class SanturkarLp(Experiment):
               "([open] in the paper); the linear net's LR and init are normlab's.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def vgg_dataset(self, s: Scale) -> str:
-        return pick_dataset(["fashion-mnist", "mnist", "mnist-5k"]) if s.dataset == "fashion-mnist" else s.dataset
-
     def dataset_of(self, s: Scale) -> str:
-        return f"{self.vgg_dataset(s)} (VGG); synthetic-linear (linear net)"
+        return f"{offline(s.dataset)} (VGG); synthetic-linear (linear net)"
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}
         out = [train_run(self.id, f"vgg {norm}", seed, [spec("batch-acc", every=10)], model="vgg", norm=norm,
-                         dataset=self.vgg_dataset(s),
+                         dataset=offline(s.dataset),
                          init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch, steps=s.steps,
                          eval_every=s.eval_every, eval_samples=s.eval_samples, device=device)
                for norm in NORMS for seed in seeds]

@@ -19,7 +19,7 @@ dvar, averaged over records).
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import (band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, relative_change,
+from .common import (band, curve, groups, n_weight_layers, offline, quarter_layers, relative_change,
                      relus_after, stat_text, tail_mean, time_mean, train_run)
 from .instruments import spec
 from .verdict import all_of, greater, similar
@@ -52,7 +52,7 @@ class SanturkarNoisy(Experiment):
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
     def dataset_of(self, s: Scale) -> str:
-        return pick_dataset([s.dataset, "mnist-5k"]) if s.dataset == "mnist" else s.dataset
+        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

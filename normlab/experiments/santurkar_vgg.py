@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from .base import Experiment, Outcome, Scale
-from .common import (at_step, band, curve, groups, n_weight_layers, pick_dataset, quarter_layers, relus_after,
+from .common import (at_step, band, curve, groups, n_weight_layers, offline, quarter_layers, relus_after,
                      relative_change, stat_text, time_mean, train_run, window_mean)
 from .instruments import spec
 from .verdict import all_of, greater, similar
@@ -51,9 +51,7 @@ class SanturkarVGG(Experiment):
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
     def dataset_of(self, s: Scale) -> str:
-        if s.dataset == "fashion-mnist":
-            return pick_dataset(["fashion-mnist", "mnist", "mnist-5k"])
-        return s.dataset
+        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

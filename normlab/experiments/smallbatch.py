@@ -8,7 +8,7 @@ identity is its config hash, and these four experiments build their configs here
 from __future__ import annotations
 
 from .base import Run, Scale
-from .common import pick_dataset, train_run
+from .common import offline, train_run
 from .instruments import spec
 
 # normlab.data has no ImageNet: the paper scale runs CIFAR-10 with a CIFAR ResNet-20 at 4x width (64-256 channels,
@@ -27,7 +27,7 @@ SCALES = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
 
 def dataset(s: Scale) -> str:
-    return pick_dataset([s.dataset, "mnist-5k"]) if s.dataset == "mnist" else s.dataset
+    return offline(s.dataset)
 
 
 def steps(s: Scale, b: int) -> int:
