@@ -15,7 +15,9 @@ import torch
 
 def compare_ms(fns: dict[str, Callable[[], object]], reps: int = 20, warmup: int = 3) -> dict[str, float]:
     """Median wall time in ms of each callable, measured side by side: every repetition runs all of them in turn,
-    so a busy machine slows them alike and the ratio stays meaningful."""
+    so a busy machine slows them alike and the ratio stays meaningful. Each repetition starts from the next one in
+    the list: a memory-bound call is faster after a neighbour that left its inputs in cache, or slower after one that
+    evicted them, and rotating gives every callable every neighbour equally often."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -23,10 +25,11 @@ def compare_ms(fns: dict[str, Callable[[], object]], reps: int = 20, warmup: int
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(reps):
-            for name, fn in fns.items():
+        names = list(fns)
+        for i in range(reps):
+            for name in names[i % len(names):] + names[:i % len(names)]:
                 t0 = time.perf_counter()
-                fn()
+                fns[name]()
                 times[name].append(time.perf_counter() - t0)
     finally:
         if enabled:

@@ -161,14 +161,14 @@ static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float 
         memset(s1, 0, sizeof(double) * 2 * (size_t)K);
         col_moments(x, R * k / nb, R * (k + 1) / nb, K, ks, s1, s2);
     }
+    fold_blocks(part, nb, 2 * K, nt);
     const double m = (double)R * (double)B;
     for (i64 c = 0; c < C; c++) {
         double a = 0.0, q = 0.0;
-        for (i64 k = 0; k < nb; k++)
-            for (i64 j = c * B; j < (c + 1) * B; j++) {
-                a += part[2 * k * K + j];
-                q += part[2 * k * K + K + j];
-            }
+        for (i64 j = c * B; j < (c + 1) * B; j++) {
+            a += part[j];
+            q += part[K + j];
+        }
         finish_stats(a, q, m, ks[c * B], eps, mean + c, var + c, rstd + c);
         for (i64 j = c * B; j < (c + 1) * B; j++) {
             mu[j] = mean[c];
@@ -194,14 +194,14 @@ static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i6
         memset(s1, 0, sizeof(double) * 2 * (size_t)K);
         col_grad_sums(g, x, R * k / nb, R * (k + 1) / nb, K, mu, s1, s2);
     }
+    fold_blocks(part, nb, 2 * K, nt);
     const double m = (double)R * (double)B;
     for (i64 c = 0; c < C; c++) {
         double sg = 0.0, sgc = 0.0;
-        for (i64 k = 0; k < nb; k++)
-            for (i64 j = c * B; j < (c + 1) * B; j++) {
-                sg += part[2 * k * K + j];
-                sgc += part[2 * k * K + K + j];
-            }
+        for (i64 j = c * B; j < (c + 1) * B; j++) {
+            sg += part[j];
+            sgc += part[K + j];
+        }
         const double r = rstd[c], wc = w ? w[c] : 1.0, sgx = sgc * r; /* sum(g * xhat) */
         if (dw) dw[c] = (float)sgx;
         if (db) db[c] = (float)sg;
@@ -247,13 +247,10 @@ void ch_fwd(const float *x, float *y, i64 A, i64 C, i64 B, const float *w, const
             acc_shift(x + u * B, B, x[c * B], s1 + c, s2 + c);
         }
     }
+    fold_blocks(part, nb, 2 * C, nt);
     const double m = (double)A * (double)B;
     for (i64 c = 0; c < C; c++) {
-        double a = 0.0, q = 0.0;
-        for (i64 k = 0; k < nb; k++) {
-            a += part[2 * k * C + c];
-            q += part[2 * k * C + C + c];
-        }
+        const double a = part[c], q = part[C + c];
         finish_stats(a, q, m, x[c * B], eps, mean + c, var + c, rstd + c);
         sc[c] = w ? w[c] * rstd[c] : rstd[c];
         sh[c] = b ? b[c] : 0.0f;
@@ -286,13 +283,10 @@ void ch_bwd(const float *g, const float *x, float *dx, i64 A, i64 C, i64 B, cons
             acc_grad(g + u * B, x + u * B, B, mean[c], s1 + c, s2 + c);
         }
     }
+    fold_blocks(part, nb, 2 * C, nt);
     const double m = (double)A * (double)B;
     for (i64 c = 0; c < C; c++) {
-        double sg = 0.0, sgc = 0.0;
-        for (i64 k = 0; k < nb; k++) {
-            sg += part[2 * k * C + c];
-            sgc += part[2 * k * C + C + c];
-        }
+        const double sg = part[c], sgc = part[C + c];
         const double r = rstd[c], wc = w ? w[c] : 1.0, sgx = sgc * r;
         if (dw) dw[c] = (float)sgx;
         if (db) db[c] = (float)sg;

@@ -86,6 +86,24 @@ static inline void finish_stats(double s1, double s2, double m, float k, double 
     *rstd = (float)(1.0 / sqrt(v + eps));
 }
 
+/* part[0:n] = the sum of the nb blocks part[k*n:(k+1)*n], added in block order (so deterministic). Block by block,
+   in address order: summing one column across the blocks instead strides n doubles per step, and with n a multiple of
+   512 every step lands in the same L1 set and misses (measured: ~150 us per call on (8192, 256)). */
+static void fold_blocks(double *part, i64 nb, i64 n, int nt) {
+    const i64 span = 1024, nchunk = (n + span - 1) / span;
+    const int threads = nb * n >= (1 << 16) ? nt : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 q = 0; q < nchunk; q++) {
+        const i64 j0 = q * span, j1 = min64(n, j0 + span);
+        for (i64 k = 1; k < nb; k++) {
+            const double *restrict src = part + k * n;
+            double *restrict dst = part;
+#pragma omp simd
+            for (i64 j = j0; j < j1; j++) dst[j] += src[j];
+        }
+    }
+}
+
 /* dst[0:n] = src[0:n] with non-temporal stores (outputs larger than the cache: no read-for-ownership) */
 static inline void stream_copy(float *restrict dst, const float *restrict src, i64 n) {
     i64 i = 0;
