@@ -40,6 +40,12 @@ class Fake(Experiment):
             "".join(json.dumps({"step": t, "v": run.config["offset"] + run.seed + t}) + "\n" for t in range(3)))
         if os.environ.get("NORMLAB_TEST_INTERRUPT") == run.label:
             raise KeyboardInterrupt           # as if Ctrl-C arrived while this run trained
+        crash = os.environ.get("NORMLAB_TEST_CRASH", "")
+        if crash.split(":")[0] == run.label:  # the worker dies: once (":once"), or every time
+            marker = Path(out_dir).parent.parent / "crashed"
+            if not (crash.endswith(":once") and marker.exists()):
+                marker.touch()
+                os._exit(1)
         if os.environ.get("NORMLAB_TEST_SLOW") == run.label:
             time.sleep(600)                   # a run that hangs until the test kills reproduce
         return {"value": run.config["offset"] + run.seed}
@@ -196,6 +202,23 @@ def test_killed_reproduce_keeps_finished_runs_and_resumes(tmp_path):
     assert len(executions(out)) == 6 and len(list(out.glob("runs/*/done.json"))) == 5   # the hung run is not done
     res = runner.reproduce([Fake()], "quick", out, jobs=1, echo=lambda m: None, report=False)
     assert res["reused"] == 5 and executions(out)[6:] == ["b seed=2"]   # only the killed run is redone
+
+
+def test_a_dead_worker_restarts_the_pool(tmp_path, monkeypatch):
+    # the worker running "a seed=1" exits abruptly, as if killed: the pool restarts and every run still finishes
+    monkeypatch.setenv("NORMLAB_TEST_CRASH", "a seed=1:once")
+    msgs = []
+    res = runner.reproduce([Fake()], "smoke", tmp_path / "once", jobs=2, echo=msgs.append, report=False)
+    assert res["verdicts"] == {"fake": "supported"} and not res["failed"]
+    assert len(list((tmp_path / "once").glob("runs/*/done.json"))) == 4
+    assert any("a worker process died" in m for m in msgs)
+    # a run that kills its worker every time fails after the restarts; the others finish
+    monkeypatch.setenv("NORMLAB_TEST_CRASH", "a seed=1")
+    res = runner.reproduce([Fake()], "smoke", tmp_path / "always", jobs=2, echo=lambda m: None, report=False)
+    assert res["failed"] and res["verdicts"] == {"fake": "inconclusive"}
+    assert (tmp_path / "always" / "runs").exists() and executions(tmp_path / "always").count("a seed=1") == 3
+    done = [json.loads(p.read_text())["run"] for p in (tmp_path / "always").glob("runs/*/done.json")]
+    assert ("a", 1) not in [(r["group"], r["seed"]) for r in done] and len(done) >= 1
 
 
 def test_runner_parallel_workers_and_failures(tmp_path):

@@ -242,21 +242,7 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
                 else:
                     on_done(key, summary, None)
         else:
-            ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or locks
-            pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
-            futures = {pool.submit(execute, exp, run, out, threads): key for key, (exp, run, _) in pending.items()}
-            try:
-                for fut in cf.as_completed(futures):
-                    try:
-                        summary = fut.result()
-                    except Exception:
-                        on_done(futures[fut], None, traceback.format_exc())
-                    else:
-                        on_done(futures[fut], summary, None)
-            except BaseException:
-                _stop(pool)
-                raise
-            pool.shutdown(wait=True)
+            _run_pool(pending, out, jobs, threads, on_done, echo)
     except KeyboardInterrupt:
         echo(f"\ninterrupted: {counter['n']} new run(s) finished and kept; rerun the same command to resume")
         raise
@@ -277,6 +263,39 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
         result["report"] = str(paths["html"])
         result["report_md"] = str(paths["md"])
     return result
+
+
+def _run_pool(pending: dict, out: Path, jobs: int, threads: int, on_done, echo: Echo, restarts: int = 2) -> None:
+    """Run the pending runs in `jobs` worker processes. A worker that dies (the OOM killer, a signal) breaks the whole
+    pool and every run still in it: the pool is started again for the unfinished runs, at most `restarts` times."""
+    todo = dict(pending)
+    for attempt in range(restarts + 1):
+        ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or locks
+        pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+        futures = {pool.submit(execute, exp, run, out, threads): key for key, (exp, run, _) in todo.items()}
+        broken = False
+        try:
+            for fut in cf.as_completed(futures):
+                key = futures[fut]
+                try:
+                    summary = fut.result()
+                except cf.process.BrokenProcessPool:
+                    if attempt < restarts:
+                        broken = True
+                        continue
+                    on_done(key, None, traceback.format_exc())
+                except Exception:
+                    on_done(key, None, traceback.format_exc())
+                else:
+                    on_done(key, summary, None)
+                todo.pop(key)
+        except BaseException:
+            _stop(pool)
+            raise
+        pool.shutdown(wait=True)
+        if not broken:
+            return
+        echo(f"  a worker process died: restarting the workers for the {len(todo)} unfinished run(s)")
 
 
 def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Result], failed: list[str], out: Path,
