@@ -38,8 +38,9 @@ reproduce: setup
 test: setup
 	$(PY) -m pytest -n 2 tests
 
-# On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE make bench keeps spinning OpenMP threads from stalling
-# 2-thread timings; it makes small ops (the training-loop rows) 2-5x slower, so it is not the default (docs/performance.md)
+# On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE make bench keeps spinning OpenMP threads from
+# stalling 2-thread timings; it makes small ops (the training-loop rows) 2-5x slower, so it is not the default
+# (docs/performance.md)
 bench: setup
 	$(PRELOAD) $(PY) benchmarks/run.py
 

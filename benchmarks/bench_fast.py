@@ -3,9 +3,9 @@
 Targets (2 threads): BatchNorm2d fwd+bwd <= 0.8x torch.nn on (128,64,32,32), (32,64,56,56), (128,256,8,8), NCHW and
 channels_last; >= 0.6 of the copy bandwidth on the largest shape (NCHW); GroupNorm(32) and LayerNorm fwd+bwd <= 1.0x.
 "of copy" / "torch of copy": the bytes fwd+bwd must move at least (read x, write y; read x and g, write dx: 5 tensors)
-per second, over the large-copy bandwidth (a row near 1 cannot get much faster); for the target row the copy (of 4x the tensor) is timed interleaved with the same runs,
-so a busy machine slows both alike. Compile time has its own rows; the allocator rows time child processes with and without
-tcmalloc preloaded. Standalone: python benchmarks/bench_fast.py [--quick]
+per second, over the large-copy bandwidth (a row near 1 cannot get much faster); for the target row the copy (of 4x
+the tensor) is timed interleaved with the same runs, so a busy machine slows both alike. Compile time has its own
+rows; the allocator rows time child processes with and without tcmalloc preloaded. Standalone: python benchmarks/bench_fast.py [--quick]
 """
 from __future__ import annotations
 
