@@ -222,7 +222,9 @@ class Experiment:
         raise NotImplementedError
 
     def dataset_of(self, scale: Scale) -> str:
-        return str(scale.params.get("dataset", ""))
+        """The dataset the runs use: the scale's, or its offline stand-in (common.offline)."""
+        from .common import offline   # common builds on this module
+        return offline(str(scale.params.get("dataset", "")))
 
 
 def finite(values: Iterable[float]) -> list[float]:

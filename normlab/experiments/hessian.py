@@ -14,7 +14,7 @@ Verdict: |λ|, averaged over the records, is lower with BN than without.
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, groups, offline, rows_of, stat_text, time_mean, train_run
+from .common import band, curve, groups, rows_of, stat_text, time_mean, train_run
 from .instruments import spec
 from .verdict import less
 from ..report import figure, panel
@@ -40,8 +40,6 @@ class Hessian(Experiment):
               "short run the curvature may still be dominated by the initialization.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

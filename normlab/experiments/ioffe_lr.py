@@ -13,7 +13,7 @@ Verdict: at the largest multiplier (x30), BN's final test accuracy is higher tha
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import final, groups, offline, stat_text, train_run
+from .common import final, groups, stat_text, train_run
 from .verdict import greater
 from ..report import figure, panel, series
 
@@ -36,8 +36,6 @@ class IoffeLR(Experiment):
               "rates differently from a deep conv net.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         return [train_run(self.id, f"{norm} x{m}", seed, model="mlp", norm=norm, dataset=self.dataset_of(s),

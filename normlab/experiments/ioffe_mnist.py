@@ -14,7 +14,7 @@ without BN: drift = mean over q of |mean of p_q over the last 10% of records - m
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import at_step, band, curve, final, groups, offline, stat_text, train_run
+from .common import at_step, band, curve, final, groups, stat_text, train_run
 from .instruments import spec
 from .verdict import all_of, greater
 from ..report import figure, panel, series
@@ -57,8 +57,6 @@ class IoffeMnist(Experiment):
               "choice; percentiles come from the 60 values of each training batch, so they are noisy.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         inst = [spec("distributions", layers=[SIGMOID], site="input", units=[0], bins=10, every=s.dist_every)]

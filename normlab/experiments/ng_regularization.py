@@ -41,8 +41,6 @@ class NgRegularization(Experiment):
               "training set after 40 epochs, and on the LR scaling rule chosen here.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return s.dataset
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         big, small = max(s.batches), min(s.batches)
@@ -50,7 +48,7 @@ class NgRegularization(Experiment):
         out = []
         for norm, b in plan:
             steps = max(1, s.epochs * s.train_size // b)
-            out += [train_run(self.id, f"{norm} b={b}", seed, model="mlp", norm=norm, dataset=s.dataset,
+            out += [train_run(self.id, f"{norm} b={b}", seed, model="mlp", norm=norm, dataset=self.dataset_of(s),
                               init="ioffe", lr=s.lr32 * b / 32, batch_size=b, steps=steps,
                               eval_every=max(1, steps // 10), eval_samples=s.eval_samples, device=device)
                     for seed in seeds]

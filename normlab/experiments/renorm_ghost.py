@@ -35,8 +35,6 @@ class RenormGhost(Experiment):
               "BRN or GN to recover; BRN runs without the paper's warm-up schedule.")
     scales = smallbatch.SCALES
 
-    def dataset_of(self, s: Scale) -> str:
-        return smallbatch.dataset(s)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         big, small = max(s.batches), min(s.batches)

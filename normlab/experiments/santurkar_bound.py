@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from .base import Experiment, Outcome, Scale, Verdict
-from .common import band, curve, groups, offline, rows_of, stat_text, time_mean, train_run
+from .common import band, curve, groups, rows_of, stat_text, time_mean, train_run
 from .instruments import spec
 from .verdict import all_of, less
 from ..report import figure, panel
@@ -62,8 +62,6 @@ class SanturkarBound(Experiment):
               "can have σ < 1, and then the factor exceeds 1 (see γ²/σ² in the table).")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

@@ -19,7 +19,7 @@ dvar, averaged over records).
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import (band, curve, groups, n_weight_layers, offline, quarter_layers, relative_change,
+from .common import (band, curve, groups, n_weight_layers, quarter_layers, relative_change,
                      relus_after, stat_text, tail_mean, time_mean, train_run)
 from .instruments import spec
 from .verdict import all_of, greater, similar
@@ -51,8 +51,6 @@ class SanturkarNoisy(Experiment):
               "are the paper's, but their effect relative to the activations depends on the dataset and width.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from .base import Experiment, Outcome, Scale
-from .common import (at_step, band, curve, groups, n_weight_layers, offline, quarter_layers, relus_after,
+from .common import (at_step, band, curve, groups, n_weight_layers, quarter_layers, relus_after,
                      relative_change, stat_text, time_mean, train_run, window_mean)
 from .instruments import spec
 from .verdict import all_of, greater, similar
@@ -50,8 +50,6 @@ class SanturkarVGG(Experiment):
               "change of the distributions is measured on the step's own batch, so sampling noise adds to it.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return offline(s.dataset)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}

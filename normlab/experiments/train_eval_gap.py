@@ -31,8 +31,6 @@ class TrainEvalGap(Experiment):
               "which leaves the gap within seed noise.")
     scales = smallbatch.SCALES
 
-    def dataset_of(self, s: Scale) -> str:
-        return smallbatch.dataset(s)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         return [smallbatch.run(self.id, s, "bn", b, seed, device) for b in s.batches for seed in seeds]

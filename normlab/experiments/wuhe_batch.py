@@ -42,8 +42,6 @@ class WuHeBatch(Experiment):
               "small-batch penalty depends on how few values its statistics see, which differs here.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
-    def dataset_of(self, s: Scale) -> str:
-        return smallbatch.dataset(s)
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         plan = [(n, b) for n in ("bn", s.gn) for b in s.batches] + [(n, max(s.batches)) for n in ("ln", "in")]
