@@ -5,6 +5,7 @@ Every comparison also checks that the kernels really ran (a spy on fast.forward 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -210,6 +211,39 @@ def test_fast_expanded_grad_and_nan(spy):
     y.sum().backward()
     assert torch.isnan(y[:, 2]).all() and torch.isfinite(y[:, :2]).all()
     assert torch.isfinite(x.grad[:, :2]).all()
+
+
+@pytest.mark.parametrize("dims,shape,fmt", [((0, 2, 3), (4, 6, 5, 3), None),                      # ch
+                                            ((0, 2, 3), (4, 6, 5, 3), torch.channels_last),       # col
+                                            ((1, 2, 3), (4, 6, 5, 3), None)])                     # rows
+@pytest.mark.parametrize("affine", ["none", "bias", "both"])
+def test_fast_under_float64_default_dtype(dims, shape, fmt, affine, spy):
+    """torch.set_default_dtype(torch.float64) changes no buffer the kernels write (statistics, dw, db): float32 input
+    gives the eager path's numbers, statistics included; a missing weight next to a bias acts as ones."""
+    torch.manual_seed(2)
+    x = torch.randn(shape).contiguous(memory_format=fmt or torch.contiguous_format)
+    g = torch.randn(shape)
+    wshape = [1, 6, 1, 1] if dims[0] == 0 else [1, 6, 5, 3]
+    n = 6 if dims[0] == 0 else 90
+    w = torch.rand(n) + 0.5 if affine == "both" else None
+    b = torch.randn(n) if affine != "none" else None
+    old = torch.get_default_dtype()
+    out = []
+    try:
+        torch.set_default_dtype(torch.float64)
+        for use_fast in (True, False):
+            xx = x.clone().requires_grad_()
+            ps = [t.clone().requires_grad_() if t is not None else None for t in (w, b)]
+            with contextlib.nullcontext() if use_fast else fast.disabled():
+                y, mean, var = core.normalize_affine(xx, dims, 1e-5, ps[0], ps[1], wshape)
+                y.backward(g)
+            out.append([y, mean, var, xx.grad] + [t.grad for t in ps if t is not None])
+    finally:
+        torch.set_default_dtype(old)
+    assert spy["forward"] == 1 and spy["backward"] == 1
+    for a, e in zip(*out):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, e, **TOL)
 
 
 def test_unsupported_layouts_fall_back(spy):

@@ -162,48 +162,52 @@ def _with_affine(plan: Plan, x: torch.Tensor, wshape: list[int]) -> Plan | None:
     return Plan(plan.kind, plan.a, plan.c, plan.b, plan.stat_shape, plan.memory_format, k, period, nb)
 
 
-def _make_plan(x: torch.Tensor, dims: tuple[int, ...], wshape: tuple[int, ...] | None) -> Plan | None:
-    nd = x.dim()
+def _make_plan(x: torch.Tensor, dims: tuple[int, ...], weight: torch.Tensor | None, bias: torch.Tensor | None,
+               shape: tuple[int, ...] | None) -> Plan | None:
+    nd, n = x.dim(), x.numel()
+    if x.dtype != torch.float32 or x.device.type != "cpu" or nd == 0 or n == 0 or (_mode == "auto" and n < MIN_NUMEL):
+        return None
     dset = tuple(sorted({d % nd for d in dims}))
     if len(dset) != len(dims):
         return None
     pl = _layout(x, dset)
-    if pl is None or wshape is None:
+    if pl is None or (weight is None and bias is None):
         return pl
+    if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in (weight, bias)):
+        return None
+    try:
+        wshape = (weight if weight is not None else bias).view(list(shape)).shape
+    except (RuntimeError, TypeError):
+        return None   # the eager affine raises its own error
     return _with_affine(pl, x, list(wshape)) if len(wshape) <= nd else None
 
 
 _plans: dict[tuple, Plan | None] = {}
 
 
+def _meta(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.dtype, t.device, t.shape)
+
+
 def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | None = None,
          bias: torch.Tensor | None = None, shape: Sequence[int] | None = None) -> Plan | None:
-    """A Plan when the fast path should run normalize(x, dims) (and the affine weight/bias viewed as `shape`)."""
-    if _mode == "off" or p != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() == 0:
+    """A Plan when the fast path should run normalize(x, dims) (and the affine weight/bias viewed as `shape`).
+
+    Called on every normalization, so the common case is one dictionary lookup: layouts repeat every step.
+    """
+    if _mode == "off" or p != 2 or torch.compiler.is_compiling():
         return None
-    n = x.numel()
-    if n == 0 or (_mode == "auto" and n < MIN_NUMEL) or torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return None
-    wshape = None
-    if weight is not None or bias is not None:
-        for t in (weight, bias):
-            if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
-                return None
-        ref = weight if weight is not None else bias
-        try:
-            wshape = tuple(ref.view(list(shape)).shape)
-        except (RuntimeError, TypeError):
-            return None   # the eager affine raises its own error
     try:
-        key = (tuple(x.shape), x.stride(), tuple(int(d) for d in dims), wshape)
-    except (TypeError, ValueError):
+        key = (_mode, x.dtype, x.device, x.shape, x.stride(), tuple(dims), _meta(weight), _meta(bias),
+               None if shape is None else tuple(shape))
+    except (TypeError, ValueError, RuntimeError):   # no strides (sparse), odd dims or shape: the eager path decides
         return None
-    if key not in _plans:   # layouts repeat every step: decide once per shape
+    pl = _plans.get(key, _plans)   # _plans itself marks "not decided yet"
+    if pl is _plans:
         if len(_plans) > 1024:
             _plans.clear()
-        _plans[key] = _make_plan(x, key[2], wshape)
-    pl = _plans[key]
-    if pl is None or _kernels() is None:
+        pl = _plans[key] = _make_plan(x, key[5], weight, bias, key[8])
+    if pl is None or (_lib is None and _kernels() is None):
         return None
     return pl
 
@@ -214,11 +218,11 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _affine_args(weight: torch.Tensor | None, bias: torch.Tensor | None):
-    """Flat float32 (w, b), or (None, None) without affine; a missing one of the two becomes ones / zeros."""
+    """Contiguous float32 (w, b), or (None, None) without affine; a missing one of the two becomes ones / zeros."""
     if weight is None and bias is None:
         return None, None
-    w = weight.detach().reshape(-1).contiguous() if weight is not None else torch.ones(bias.numel())
-    b = bias.detach().reshape(-1).contiguous() if bias is not None else torch.zeros(weight.numel())
+    w = torch.ones(bias.numel(), dtype=bias.dtype) if weight is None else weight.contiguous()
+    b = torch.zeros(weight.numel(), dtype=weight.dtype) if bias is None else bias.contiguous()
     return w, b
 
 
@@ -230,28 +234,36 @@ def _stream(x: torch.Tensor) -> int:
     return int(x.numel() * x.element_size() >= STREAM_BYTES)
 
 
-def _scratch(pl: Plan) -> torch.Tensor | None:
-    """Work space of the ch / col kernels, allocated by torch (so running out of memory is a clean error)."""
+_local = threading.local()
+
+
+def _scratch(pl: Plan) -> int | None:
+    """Address of the ch / col kernels' work space: one buffer per thread, kept and grown as needed (allocated by
+    torch, so running out of memory is a clean error). Calls on one thread never overlap, so they can share it."""
     if pl.kind == "rows":
         return None
-    return torch.empty(_lib.scratch_bytes(int(pl.kind == "col"), pl.a, pl.c, pl.b), dtype=torch.uint8)
+    nbytes = _lib.scratch_bytes(int(pl.kind == "col"), pl.a, pl.c, pl.b)
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _local.scratch = torch.empty(nbytes, dtype=torch.uint8)
+    return buf.data_ptr()
 
 
 def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
     """(y, mean, var, rstd): y = w * xhat + b (xhat without affine) in x's memory format; mean/var keepdim
     (the biased variance, as core.statistics), rstd flat (one per statistic set)."""
-    x = x.detach()
     y = torch.empty_like(x)
     sets = pl.c if pl.kind in ("ch", "col") else pl.a
-    mean, var, rstd = torch.empty(pl.stat_shape), torch.empty(pl.stat_shape), torch.empty(sets)
+    # dtype explicit: under torch.set_default_dtype(torch.float64) the kernels would write float32 into float64 buffers
+    mean, var = torch.empty(pl.stat_shape, dtype=torch.float32), torch.empty(pl.stat_shape, dtype=torch.float32)
+    rstd = torch.empty(sets, dtype=torch.float32)
     w, b = _affine_args(weight, bias)
     nt, args = _threads(x), (float(eps), mean.data_ptr(), var.data_ptr(), rstd.data_ptr())
-    scratch = _scratch(pl)   # held until the kernel returns
     if pl.kind == "ch":
-        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, _ptr(scratch), _stream(x),
+        _lib.ch_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, pl.b, _ptr(w), _ptr(b), *args, _scratch(pl), _stream(x),
                     nt)
     elif pl.kind == "col":
-        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, _ptr(scratch), _stream(x), nt)
+        _lib.col_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), *args, _scratch(pl), _stream(x), nt)
     else:
         _lib.rows_fwd(x.data_ptr(), y.data_ptr(), pl.a, pl.c, _ptr(w), _ptr(b), pl.period, pl.nb, *args, _stream(x), nt)
     return y, mean, var, rstd
@@ -260,28 +272,27 @@ def forward(pl: Plan, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
 def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
              weight: torch.Tensor | None, bias: torch.Tensor | None):
     """First-order (dx, dw, db) for the forward above; dw / db are None where weight / bias is None."""
-    g = g.detach().contiguous(memory_format=pl.memory_format)
-    x = x.detach()
+    if not g.is_contiguous(memory_format=pl.memory_format):   # e.g. the expanded gradient of y.sum()
+        g = g.contiguous(memory_format=pl.memory_format)
     dx = torch.empty_like(x, memory_format=pl.memory_format)
     w, _ = _affine_args(weight, bias)
-    dw, db = (None, None) if w is None else (torch.empty(w.numel()), torch.empty(w.numel()))
+    # dw, db in the parameters' shapes (same number of values); the one without a parameter is computed and dropped
+    dw = None if w is None else torch.empty(weight.shape if weight is not None else bias.shape, dtype=w.dtype)
+    db = None if w is None else torch.empty(bias.shape if bias is not None else weight.shape, dtype=w.dtype)
     nt = _threads(x)
     head = (g.data_ptr(), x.data_ptr(), dx.data_ptr())
     stats = (mean.data_ptr(), rstd.data_ptr(), _ptr(w), _ptr(dw), _ptr(db))
-    scratch = _scratch(pl)
     if pl.kind == "ch":
-        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, *stats, _ptr(scratch), _stream(x), nt)
+        _lib.ch_bwd(*head, pl.a, pl.c, pl.b, *stats, _scratch(pl), _stream(x), nt)
     elif pl.kind == "col":
-        _lib.col_bwd(*head, pl.a, pl.c, *stats, _ptr(scratch), _stream(x), nt)
+        _lib.col_bwd(*head, pl.a, pl.c, *stats, _scratch(pl), _stream(x), nt)
     else:
         if w is None:
             part = None
         elif pl.nb == 0:
-            part = torch.empty(2 * nt * pl.c)
+            part = torch.empty(2 * nt * pl.c, dtype=torch.float32)
         else:
-            part = torch.empty(2 * pl.a * pl.nb)
+            part = torch.empty(2 * pl.a * pl.nb, dtype=torch.float32)
         _lib.rows_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), pl.period, pl.nb, _ptr(dw),
                       _ptr(db), _ptr(part), _stream(x), nt)
-    dw = dw.view(weight.shape) if weight is not None else None
-    db = db.view(bias.shape) if bias is not None else None
-    return dx, dw, db
+    return dx, dw if weight is not None else None, db if bias is not None else None
