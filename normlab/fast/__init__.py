@@ -195,7 +195,7 @@ def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | 
 
     Called on every normalization, so the common case is one dictionary lookup: layouts repeat every step.
     """
-    if _mode == "off" or p != 2 or torch.compiler.is_compiling():
+    if _mode == "off" or p != 2 or (_mode == "auto" and x.numel() < MIN_NUMEL) or torch.compiler.is_compiling():
         return None
     try:
         key = (_mode, x.dtype, x.device, x.shape, x.stride(), tuple(dims), _meta(weight), _meta(bias),
