@@ -34,8 +34,8 @@ typedef int64_t i64;
 
 #define CHUNK 512      /* float partial sums over at most this many values, then double */
 #define NBLK 64        /* work blocks per pass */
-#define SMALL_PLANE 256
-#define MAX_ROW 16384  /* NCHW planes below SMALL_PLANE values go to col when C * B is at most this */
+#define SMALL_PLANE 32 /* NCHW planes below this many values (4x4, 5x5) go to col when C * B is at most MAX_ROW */
+#define MAX_ROW 16384  /* (measured: from 6x6 up, the ch plane loops beat col's walk over rows of C * B) */
 #define W 16           /* col: columns per register block (one vector) */
 #define WB 4           /* col: register blocks per column group */
 #define RB 64          /* col: rows per float partial sum */
