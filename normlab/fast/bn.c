@@ -110,6 +110,115 @@ static void col_grad_sums(const float *restrict g, const float *restrict x, i64 
     }
 }
 
+#if defined(__AVX512F__)
+/* With AVX-512 the two column sums above run on whole rows instead: up to ZG * 16 = 256 columns per group with every
+   sum in zmm registers, so the walk is linear and the loop stores nothing. Measured on (8192, 256) with a flushed
+   cache: 2x faster than 64-column groups walked down the rows (a 1 KB stride the prefetcher does not follow) and than
+   float sums kept in L1 (their stores stall the loads of x). Same order of operations, so the same numbers. */
+#define ZG 16
+
+static inline __mmask16 zmask(int v, int nv, __mmask16 last) { return v == nv - 1 ? last : (__mmask16)0xFFFF; }
+
+/* the sums of col_moments for columns j0 .. j0 + 16 * NV (the last vector masked), rows r0..r1 */
+static inline __attribute__((always_inline)) void zmoments(const float *x, i64 r0, i64 r1, i64 K, i64 j0,
+                                                           const float *k, double *s1, double *s2, const int NV,
+                                                           __mmask16 last) {
+    __m512 kk[ZG], fa[ZG], fb[ZG];
+    float oa[ZG * 16], ob[ZG * 16];
+    for (int v = 0; v < NV; v++) kk[v] = _mm512_maskz_loadu_ps(zmask(v, NV, last), k + j0 + 16 * v);
+    for (i64 b0 = r0; b0 < r1; b0 += RB) {
+        const i64 b1 = min64(r1, b0 + RB);
+        for (int v = 0; v < NV; v++) fa[v] = fb[v] = _mm512_setzero_ps();
+        for (i64 r = b0; r < b1; r++) {
+            const float *p = x + r * K + j0;
+            for (int v = 0; v < NV; v++) {
+                const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(zmask(v, NV, last), p + 16 * v), kk[v]);
+                fa[v] = _mm512_add_ps(fa[v], d);
+                fb[v] = _mm512_add_ps(fb[v], _mm512_mul_ps(d, d));
+            }
+        }
+        for (int v = 0; v < NV; v++) {
+            _mm512_storeu_ps(oa + 16 * v, fa[v]);
+            _mm512_storeu_ps(ob + 16 * v, fb[v]);
+        }
+        const i64 nj = min64(K - j0, 16 * NV);
+        for (i64 j = 0; j < nj; j++) {
+            s1[j0 + j] += oa[j];
+            s2[j0 + j] += ob[j];
+        }
+    }
+}
+
+/* the sums of col_grad_sums for columns j0 .. j0 + 16 * NV, rows r0..r1 */
+static inline __attribute__((always_inline)) void zgrad_sums(const float *g, const float *x, i64 r0, i64 r1, i64 K,
+                                                             i64 j0, const float *mu, double *s1, double *s2,
+                                                             const int NV, __mmask16 last) {
+    __m512 mm[ZG], fa[ZG], fb[ZG];
+    float oa[ZG * 16], ob[ZG * 16];
+    for (int v = 0; v < NV; v++) mm[v] = _mm512_maskz_loadu_ps(zmask(v, NV, last), mu + j0 + 16 * v);
+    for (i64 b0 = r0; b0 < r1; b0 += RB) {
+        const i64 b1 = min64(r1, b0 + RB);
+        for (int v = 0; v < NV; v++) fa[v] = fb[v] = _mm512_setzero_ps();
+        for (i64 r = b0; r < b1; r++) {
+            const float *gp = g + r * K + j0, *xp = x + r * K + j0;
+            for (int v = 0; v < NV; v++) {
+                const __mmask16 m = zmask(v, NV, last);
+                const __m512 gv = _mm512_maskz_loadu_ps(m, gp + 16 * v);
+                fa[v] = _mm512_add_ps(fa[v], gv);
+                fb[v] = _mm512_add_ps(fb[v], _mm512_mul_ps(gv, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xp + 16 * v),
+                                                                             mm[v])));
+            }
+        }
+        for (int v = 0; v < NV; v++) {
+            _mm512_storeu_ps(oa + 16 * v, fa[v]);
+            _mm512_storeu_ps(ob + 16 * v, fb[v]);
+        }
+        const i64 nj = min64(K - j0, 16 * NV);
+        for (i64 j = 0; j < nj; j++) {
+            s1[j0 + j] += oa[j];
+            s2[j0 + j] += ob[j];
+        }
+    }
+}
+
+/* NV as a constant in each case, so that the sums stay in registers */
+#define ZCASES(F, ...)                                                                                                \
+    switch (nv) {                                                                                                      \
+    case 1: F(__VA_ARGS__, 1, last); break;   case 2: F(__VA_ARGS__, 2, last); break;                                 \
+    case 3: F(__VA_ARGS__, 3, last); break;   case 4: F(__VA_ARGS__, 4, last); break;                                 \
+    case 5: F(__VA_ARGS__, 5, last); break;   case 6: F(__VA_ARGS__, 6, last); break;                                 \
+    case 7: F(__VA_ARGS__, 7, last); break;   case 8: F(__VA_ARGS__, 8, last); break;                                 \
+    case 9: F(__VA_ARGS__, 9, last); break;   case 10: F(__VA_ARGS__, 10, last); break;                               \
+    case 11: F(__VA_ARGS__, 11, last); break; case 12: F(__VA_ARGS__, 12, last); break;                               \
+    case 13: F(__VA_ARGS__, 13, last); break; case 14: F(__VA_ARGS__, 14, last); break;                               \
+    case 15: F(__VA_ARGS__, 15, last); break; default: F(__VA_ARGS__, 16, last); break;                               \
+    }
+
+static void col_moments_z(const float *x, i64 r0, i64 r1, i64 K, const float *k, double *s1, double *s2) {
+    for (i64 j0 = 0; j0 < K; j0 += ZG * 16) {
+        const i64 nj = min64(K - j0, ZG * 16);
+        const int nv = (int)((nj + 15) / 16);
+        const __mmask16 last = (__mmask16)(nj % 16 ? (1u << (nj % 16)) - 1 : 0xFFFF);
+        ZCASES(zmoments, x, r0, r1, K, j0, k, s1, s2)
+    }
+}
+
+static void col_grad_sums_z(const float *g, const float *x, i64 r0, i64 r1, i64 K, const float *mu, double *s1,
+                            double *s2) {
+    for (i64 j0 = 0; j0 < K; j0 += ZG * 16) {
+        const i64 nj = min64(K - j0, ZG * 16);
+        const int nv = (int)((nj + 15) / 16);
+        const __mmask16 last = (__mmask16)(nj % 16 ? (1u << (nj % 16)) - 1 : 0xFFFF);
+        ZCASES(zgrad_sums, g, x, r0, r1, K, j0, mu, s1, s2)
+    }
+}
+#define COL_MOMENTS col_moments_z
+#define COL_GRAD_SUMS col_grad_sums_z
+#else
+#define COL_MOMENTS col_moments
+#define COL_GRAD_SUMS col_grad_sums
+#endif
+
 /* rows r0..r1 of out = (x - c0[j]) * c1[j] + c2[j] (forward: mean, scale, shift) */
 static void col_out(const float *x, float *y, i64 r0, i64 r1, i64 K, const float *restrict c0,
                     const float *restrict c1, const float *restrict c2, int stream) {
@@ -159,7 +268,7 @@ static void colx_fwd(const float *x, float *y, i64 R, i64 C, i64 B, const float 
     for (i64 k = 0; k < nb; k++) {
         double *s1 = part + 2 * k * K, *s2 = s1 + K;
         memset(s1, 0, sizeof(double) * 2 * (size_t)K);
-        col_moments(x, R * k / nb, R * (k + 1) / nb, K, ks, s1, s2);
+        COL_MOMENTS(x, R * k / nb, R * (k + 1) / nb, K, ks, s1, s2);
     }
     fold_blocks(part, nb, 2 * K, nt);
     const double m = (double)R * (double)B;
@@ -192,7 +301,7 @@ static void colx_bwd(const float *g, const float *x, float *dx, i64 R, i64 C, i6
     for (i64 k = 0; k < nb; k++) {
         double *s1 = part + 2 * k * K, *s2 = s1 + K;
         memset(s1, 0, sizeof(double) * 2 * (size_t)K);
-        col_grad_sums(g, x, R * k / nb, R * (k + 1) / nb, K, mu, s1, s2);
+        COL_GRAD_SUMS(g, x, R * k / nb, R * (k + 1) / nb, K, mu, s1, s2);
     }
     fold_blocks(part, nb, 2 * K, nt);
     const double m = (double)R * (double)B;
