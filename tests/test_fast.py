@@ -85,8 +85,10 @@ def _compare(make, shape, spy, fmt=None, seed=0):
 CASES = {
     "bn2d": (lambda: normlab.BatchNorm2d(6), (5, 6, 4, 3)),
     "bn2d-threaded": (lambda: normlab.BatchNorm2d(32), (16, 32, 16, 16)),   # >= THREADED_NUMEL: two threads
-    "bn2d-big-planes": (lambda: normlab.BatchNorm2d(4), (3, 4, 16, 17)),    # planes >= 256 values: ch kernels
+    "bn2d-big-planes": (lambda: normlab.BatchNorm2d(4), (3, 4, 16, 17)),    # planes >= 32 values: ch kernels
+    "bn2d-7x7-planes": (lambda: normlab.BatchNorm2d(8), (4, 8, 7, 7)),
     "bn1d-dense": (lambda: normlab.BatchNorm1d(7), (9, 7)),
+    "bn1d-wide": (lambda: normlab.BatchNorm1d(300), (40, 300)),     # col: a 256-column group and a partial one
     "bn1d-seq": (lambda: normlab.BatchNorm1d(7), (9, 7, 5)),
     "bn3d": (lambda: normlab.BatchNorm3d(3), (4, 3, 2, 3, 4)),
     "bn2d-no-affine": (lambda: normlab.BatchNorm2d(6, affine=False), (5, 6, 4, 3)),
@@ -118,6 +120,7 @@ def test_fast_equals_eager(case, spy):
 
 @pytest.mark.parametrize("make,shape", [(lambda: normlab.BatchNorm2d(6), (5, 6, 4, 3)),
                                         (lambda: normlab.BatchNorm2d(32), (16, 32, 16, 16)),
+                                        (lambda: normlab.BatchNorm2d(200), (4, 200, 3, 3)),   # 12.5 vectors a row
                                         (lambda: normlab.BatchNorm3d(3), (4, 3, 2, 3, 4))])
 def test_fast_channels_last(make, shape, spy):
     fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d

@@ -117,22 +117,25 @@ static void col_grad_sums(const float *restrict g, const float *restrict x, i64 
    float sums kept in L1 (their stores stall the loads of x). Same order of operations, so the same numbers. */
 #define ZG 16
 
-static inline __mmask16 zmask(int v, int nv, __mmask16 last) { return v == nv - 1 ? last : (__mmask16)0xFFFF; }
+/* vector v of a group of nv (the last one partial: `last`), loaded by a loop over NV >= nv vectors */
+static inline __mmask16 zmask(int v, int nv, __mmask16 last) {
+    return v < nv - 1 ? (__mmask16)0xFFFF : v == nv - 1 ? last : (__mmask16)0;
+}
 
-/* the sums of col_moments for columns j0 .. j0 + 16 * NV (the last vector masked), rows r0..r1 */
+/* the sums of col_moments for the nv vectors of columns from j0 (the last one masked by `last`), rows r0..r1 */
 static inline __attribute__((always_inline)) void zmoments(const float *x, i64 r0, i64 r1, i64 K, i64 j0,
                                                            const float *k, double *s1, double *s2, const int NV,
-                                                           __mmask16 last) {
+                                                           int nv, __mmask16 last) {
     __m512 kk[ZG], fa[ZG], fb[ZG];
     float oa[ZG * 16], ob[ZG * 16];
-    for (int v = 0; v < NV; v++) kk[v] = _mm512_maskz_loadu_ps(zmask(v, NV, last), k + j0 + 16 * v);
+    for (int v = 0; v < NV; v++) kk[v] = _mm512_maskz_loadu_ps(zmask(v, nv, last), k + j0 + 16 * v);
     for (i64 b0 = r0; b0 < r1; b0 += RB) {
         const i64 b1 = min64(r1, b0 + RB);
         for (int v = 0; v < NV; v++) fa[v] = fb[v] = _mm512_setzero_ps();
         for (i64 r = b0; r < b1; r++) {
             const float *p = x + r * K + j0;
             for (int v = 0; v < NV; v++) {
-                const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(zmask(v, NV, last), p + 16 * v), kk[v]);
+                const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(zmask(v, nv, last), p + 16 * v), kk[v]);
                 fa[v] = _mm512_add_ps(fa[v], d);
                 fb[v] = _mm512_add_ps(fb[v], _mm512_mul_ps(d, d));
             }
@@ -141,7 +144,7 @@ static inline __attribute__((always_inline)) void zmoments(const float *x, i64 r
             _mm512_storeu_ps(oa + 16 * v, fa[v]);
             _mm512_storeu_ps(ob + 16 * v, fb[v]);
         }
-        const i64 nj = min64(K - j0, 16 * NV);
+        const i64 nj = min64(K - j0, 16 * nv);
         for (i64 j = 0; j < nj; j++) {
             s1[j0 + j] += oa[j];
             s2[j0 + j] += ob[j];
@@ -149,20 +152,20 @@ static inline __attribute__((always_inline)) void zmoments(const float *x, i64 r
     }
 }
 
-/* the sums of col_grad_sums for columns j0 .. j0 + 16 * NV, rows r0..r1 */
+/* the sums of col_grad_sums for the nv vectors of columns from j0, rows r0..r1 */
 static inline __attribute__((always_inline)) void zgrad_sums(const float *g, const float *x, i64 r0, i64 r1, i64 K,
                                                              i64 j0, const float *mu, double *s1, double *s2,
-                                                             const int NV, __mmask16 last) {
+                                                             const int NV, int nv, __mmask16 last) {
     __m512 mm[ZG], fa[ZG], fb[ZG];
     float oa[ZG * 16], ob[ZG * 16];
-    for (int v = 0; v < NV; v++) mm[v] = _mm512_maskz_loadu_ps(zmask(v, NV, last), mu + j0 + 16 * v);
+    for (int v = 0; v < NV; v++) mm[v] = _mm512_maskz_loadu_ps(zmask(v, nv, last), mu + j0 + 16 * v);
     for (i64 b0 = r0; b0 < r1; b0 += RB) {
         const i64 b1 = min64(r1, b0 + RB);
         for (int v = 0; v < NV; v++) fa[v] = fb[v] = _mm512_setzero_ps();
         for (i64 r = b0; r < b1; r++) {
             const float *gp = g + r * K + j0, *xp = x + r * K + j0;
             for (int v = 0; v < NV; v++) {
-                const __mmask16 m = zmask(v, NV, last);
+                const __mmask16 m = zmask(v, nv, last);
                 const __m512 gv = _mm512_maskz_loadu_ps(m, gp + 16 * v);
                 fa[v] = _mm512_add_ps(fa[v], gv);
                 fb[v] = _mm512_add_ps(fb[v], _mm512_mul_ps(gv, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xp + 16 * v),
@@ -173,7 +176,7 @@ static inline __attribute__((always_inline)) void zgrad_sums(const float *g, con
             _mm512_storeu_ps(oa + 16 * v, fa[v]);
             _mm512_storeu_ps(ob + 16 * v, fb[v]);
         }
-        const i64 nj = min64(K - j0, 16 * NV);
+        const i64 nj = min64(K - j0, 16 * nv);
         for (i64 j = 0; j < nj; j++) {
             s1[j0 + j] += oa[j];
             s2[j0 + j] += ob[j];
@@ -181,18 +184,14 @@ static inline __attribute__((always_inline)) void zgrad_sums(const float *g, con
     }
 }
 
-/* NV as a constant in each case, so that the sums stay in registers */
+/* NV, the vectors a loop handles, as a constant in each case (so that the sums stay in registers): 1, 2, 4, 8 or 16,
+   the smallest that holds the group's nv; the vectors past nv load nothing */
 #define ZCASES(F, ...)                                                                                                \
-    switch (nv) {                                                                                                      \
-    case 1: F(__VA_ARGS__, 1, last); break;   case 2: F(__VA_ARGS__, 2, last); break;                                 \
-    case 3: F(__VA_ARGS__, 3, last); break;   case 4: F(__VA_ARGS__, 4, last); break;                                 \
-    case 5: F(__VA_ARGS__, 5, last); break;   case 6: F(__VA_ARGS__, 6, last); break;                                 \
-    case 7: F(__VA_ARGS__, 7, last); break;   case 8: F(__VA_ARGS__, 8, last); break;                                 \
-    case 9: F(__VA_ARGS__, 9, last); break;   case 10: F(__VA_ARGS__, 10, last); break;                               \
-    case 11: F(__VA_ARGS__, 11, last); break; case 12: F(__VA_ARGS__, 12, last); break;                               \
-    case 13: F(__VA_ARGS__, 13, last); break; case 14: F(__VA_ARGS__, 14, last); break;                               \
-    case 15: F(__VA_ARGS__, 15, last); break; default: F(__VA_ARGS__, 16, last); break;                               \
-    }
+    if (nv == 1) F(__VA_ARGS__, 1, nv, last);                                                                          \
+    else if (nv == 2) F(__VA_ARGS__, 2, nv, last);                                                                     \
+    else if (nv <= 4) F(__VA_ARGS__, 4, nv, last);                                                                     \
+    else if (nv <= 8) F(__VA_ARGS__, 8, nv, last);                                                                     \
+    else F(__VA_ARGS__, 16, nv, last);
 
 static void col_moments_z(const float *x, i64 r0, i64 r1, i64 K, const float *k, double *s1, double *s2) {
     for (i64 j0 = 0; j0 < K; j0 += ZG * 16) {
