@@ -122,12 +122,25 @@ static inline __mmask16 zmask(int v, int nv, __mmask16 last) {
     return v < nv - 1 ? (__mmask16)0xFFFF : v == nv - 1 ? last : (__mmask16)0;
 }
 
+/* s1[0:n] += the float sums in fa, s2[0:n] += those in fb (NV vectors each) */
+static inline __attribute__((always_inline)) void zadd(const __m512 *fa, const __m512 *fb, const int NV, i64 n,
+                                                       double *s1, double *s2) {
+    float oa[ZG * 16], ob[ZG * 16];
+    for (int v = 0; v < NV; v++) {
+        _mm512_storeu_ps(oa + 16 * v, fa[v]);
+        _mm512_storeu_ps(ob + 16 * v, fb[v]);
+    }
+    for (i64 j = 0; j < n; j++) {
+        s1[j] += oa[j];
+        s2[j] += ob[j];
+    }
+}
+
 /* the sums of col_moments for the nv vectors of columns from j0 (the last one masked by `last`), rows r0..r1 */
 static inline __attribute__((always_inline)) void zmoments(const float *x, i64 r0, i64 r1, i64 K, i64 j0,
                                                            const float *k, double *s1, double *s2, const int NV,
                                                            int nv, __mmask16 last) {
     __m512 kk[ZG], fa[ZG], fb[ZG];
-    float oa[ZG * 16], ob[ZG * 16];
     for (int v = 0; v < NV; v++) kk[v] = _mm512_maskz_loadu_ps(zmask(v, nv, last), k + j0 + 16 * v);
     for (i64 b0 = r0; b0 < r1; b0 += RB) {
         const i64 b1 = min64(r1, b0 + RB);
@@ -140,15 +153,7 @@ static inline __attribute__((always_inline)) void zmoments(const float *x, i64 r
                 fb[v] = _mm512_add_ps(fb[v], _mm512_mul_ps(d, d));
             }
         }
-        for (int v = 0; v < NV; v++) {
-            _mm512_storeu_ps(oa + 16 * v, fa[v]);
-            _mm512_storeu_ps(ob + 16 * v, fb[v]);
-        }
-        const i64 nj = min64(K - j0, 16 * nv);
-        for (i64 j = 0; j < nj; j++) {
-            s1[j0 + j] += oa[j];
-            s2[j0 + j] += ob[j];
-        }
+        zadd(fa, fb, NV, min64(K - j0, 16 * nv), s1 + j0, s2 + j0);
     }
 }
 
@@ -157,7 +162,6 @@ static inline __attribute__((always_inline)) void zgrad_sums(const float *g, con
                                                              i64 j0, const float *mu, double *s1, double *s2,
                                                              const int NV, int nv, __mmask16 last) {
     __m512 mm[ZG], fa[ZG], fb[ZG];
-    float oa[ZG * 16], ob[ZG * 16];
     for (int v = 0; v < NV; v++) mm[v] = _mm512_maskz_loadu_ps(zmask(v, nv, last), mu + j0 + 16 * v);
     for (i64 b0 = r0; b0 < r1; b0 += RB) {
         const i64 b1 = min64(r1, b0 + RB);
@@ -172,15 +176,7 @@ static inline __attribute__((always_inline)) void zgrad_sums(const float *g, con
                                                                              mm[v])));
             }
         }
-        for (int v = 0; v < NV; v++) {
-            _mm512_storeu_ps(oa + 16 * v, fa[v]);
-            _mm512_storeu_ps(ob + 16 * v, fb[v]);
-        }
-        const i64 nj = min64(K - j0, 16 * nv);
-        for (i64 j = 0; j < nj; j++) {
-            s1[j0 + j] += oa[j];
-            s2[j0 + j] += ob[j];
-        }
+        zadd(fa, fb, NV, min64(K - j0, 16 * nv), s1 + j0, s2 + j0);
     }
 }
 
