@@ -7,12 +7,12 @@ rounding; the double backward always takes the eager, differentiable path.
 
 It applies to float32 CPU tensors with p = 2 whose statistic sets form one of three layouts (see kernels.h):
 BatchNorm on NCHW / (N, C, L) / (N, C) / channels_last, and any trailing-dims reduction (LayerNorm, GroupNorm,
-InstanceNorm on contiguous input), with at least MIN_NUMEL values (smaller calls stay eager: runs on tiny tensors
-never compile anything, and there Python overhead dominates either path).
+InstanceNorm on contiguous input), of any size: even on tiny tensors one kernel call costs less Python than the
+eager path's ops (docs/performance.md).
 
-Switches: env NORMLAB_FAST=0 turns it off (NORMLAB_FAST=on: every fitting call, whatever its size); in Python
-`set_enabled(False)` / `with disabled():`, and `set_enabled("on")`. The kernels compile lazily at the first call
-that fits; when that fails (no compiler, not Linux) normlab stays on the eager path and `status()` says why.
+Switches: env NORMLAB_FAST=0 turns it off; in Python `set_enabled(False)` / `with disabled():`. The kernels compile
+lazily at the first call that fits (once per machine, then cached); when that fails (no compiler, not Linux) normlab
+stays on the eager path and `status()` says why.
 """
 from __future__ import annotations
 
@@ -26,12 +26,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-MIN_NUMEL = 1 << 15        # smaller calls stay eager in "auto" mode (docs/performance.md)
 THREADED_NUMEL = 1 << 16   # smaller calls run on one thread: waking the pool costs more than it saves
 STREAM_BYTES = 16 << 20    # outputs at least this large skip the cache (half this machine's 32 MB L3)
 
-_ENV = os.environ.get("NORMLAB_FAST", "auto").strip().lower()
-_mode = "off" if _ENV in ("0", "off", "false", "no") else "on" if _ENV == "on" else "auto"
+_on = os.environ.get("NORMLAB_FAST", "1").strip().lower() not in ("0", "off", "false", "no")
 _lib = None
 _error: str | None = None
 _compile_s: float | None = None
@@ -39,28 +37,27 @@ _lock = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------------- switches
-def set_enabled(mode: bool | str) -> None:
-    """True / "auto": fast where it pays (default); False / "off": eager only; "on": every call that fits."""
-    global _mode
-    modes = {True: "auto", False: "off", "auto": "auto", "off": "off", "on": "on"}
-    if mode not in modes:
-        raise ValueError(f"mode: expected True, False, 'auto', 'on' or 'off', got {mode!r}")
-    _mode = modes[mode]
+def set_enabled(on: bool) -> None:
+    """True: the kernels for every call that fits (default); False: eager only."""
+    global _on
+    if not isinstance(on, bool):
+        raise ValueError(f"on: expected True or False, got {on!r}")
+    _on = on
 
 
 def enabled() -> bool:
-    return _mode != "off"
+    return _on
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
     """Run the block on the eager path."""
-    global _mode
-    old, _mode = _mode, "off"
+    global _on
+    old, _on = _on, False
     try:
         yield
     finally:
-        _mode = old
+        _on = old
 
 
 def prepare() -> bool:
@@ -69,8 +66,8 @@ def prepare() -> bool:
 
 
 def status() -> dict:
-    """{"mode", "available", "reason", "compile_s"}: compile_s is None until built, 0.0 when loaded from cache."""
-    return {"mode": _mode, "available": _lib is not None, "reason": _error, "compile_s": _compile_s}
+    """{"enabled", "available", "reason", "compile_s"}: compile_s is None until built, 0.0 when loaded from cache."""
+    return {"enabled": _on, "available": _lib is not None, "reason": _error, "compile_s": _compile_s}
 
 
 def _kernels():
@@ -164,8 +161,8 @@ def _with_affine(plan: Plan, x: torch.Tensor, wshape: list[int]) -> Plan | None:
 
 def _make_plan(x: torch.Tensor, dims: tuple[int, ...], weight: torch.Tensor | None, bias: torch.Tensor | None,
                shape: tuple[int, ...] | None) -> Plan | None:
-    nd, n = x.dim(), x.numel()
-    if x.dtype != torch.float32 or x.device.type != "cpu" or nd == 0 or n == 0 or (_mode == "auto" and n < MIN_NUMEL):
+    nd = x.dim()
+    if x.dtype != torch.float32 or x.device.type != "cpu" or nd == 0 or x.numel() == 0:
         return None
     dset = tuple(sorted({d % nd for d in dims}))
     if len(dset) != len(dims):
@@ -195,10 +192,10 @@ def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | 
 
     Called on every normalization, so the common case is one dictionary lookup: layouts repeat every step.
     """
-    if _mode == "off" or p != 2 or (_mode == "auto" and x.numel() < MIN_NUMEL) or torch.compiler.is_compiling():
+    if not _on or p != 2 or torch.compiler.is_compiling():
         return None
     try:
-        key = (_mode, x.dtype, x.device, x.shape, x.stride(), tuple(dims), _meta(weight), _meta(bias),
+        key = (x.dtype, x.device, x.shape, x.stride(), tuple(dims), _meta(weight), _meta(bias),
                None if shape is None else tuple(shape))
     except (TypeError, ValueError, RuntimeError):   # no strides (sparse), odd dims or shape: the eager path decides
         return None
@@ -206,7 +203,7 @@ def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | 
     if pl is _plans:
         if len(_plans) > 1024:
             _plans.clear()
-        pl = _plans[key] = _make_plan(x, key[5], weight, bias, key[8])
+        pl = _plans[key] = _make_plan(x, key[4], weight, bias, key[7])
     if pl is None or (_lib is None and _kernels() is None):
         return None
     return pl

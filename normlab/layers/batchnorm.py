@@ -138,9 +138,13 @@ class _BatchNorm(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if type(self)._normalize is _BatchNorm._normalize:   # plain BN: the core fuses normalize and affine
-            return self._normalize(x, self.weight, self.bias)
+        if self._plain(x):   # the core fuses normalize and affine
+            return _BatchNorm._normalize(self, x, self.weight, self.bias)
         return core.affine(self._normalize(x), self.weight, self.bias, core.channel_shape(x.dim()))
+
+    def _plain(self, x: torch.Tensor) -> bool:
+        """Whether this call is plain BN (variants that reduce to it on some inputs say so, to get its numbers)."""
+        return type(self)._normalize is _BatchNorm._normalize
 
 
 class BatchNorm1d(_BatchNorm):

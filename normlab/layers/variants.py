@@ -166,9 +166,12 @@ class _GhostBatchNorm(_BatchNorm):
             return k - 1, v + rem
         return k, rem
 
+    def _plain(self, x: torch.Tensor) -> bool:
+        return not self._use_batch_stats() or self.virtual_batch_size >= x.shape[0]
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         n, v = x.shape[0], self.virtual_batch_size
-        if not self._use_batch_stats() or v >= n:
+        if self._plain(x):
             return super()._normalize(x)
         per_sample = math.prod(x.shape[2:])
         if v * per_sample <= 1:
