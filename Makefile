@@ -38,7 +38,7 @@ reproduce: setup
 # The layer tests run twice: as users get them (the fast path wherever it fits) and on the eager core alone.
 test: setup
 	$(PY) -m pytest -n 2 tests
-	NORMLAB_FAST=0 $(PY) -m pytest -n 2 -q tests/test_layers_conformance.py tests/test_core.py tests/test_variants.py \
+	NORMLAB_FAST=0 $(PY) -m pytest -n 2 tests/test_layers_conformance.py tests/test_core.py tests/test_variants.py \
 	    tests/test_reference.py tests/test_bad_input.py
 
 # On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE make bench keeps spinning OpenMP threads from

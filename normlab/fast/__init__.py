@@ -195,15 +195,15 @@ def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | 
     if not _on or p != 2 or torch.compiler.is_compiling():
         return None
     try:
-        key = (x.dtype, x.device, x.shape, x.stride(), tuple(dims), _meta(weight), _meta(bias),
-               None if shape is None else tuple(shape))
+        dims, shape = tuple(dims), None if shape is None else tuple(shape)
+        key = (x.dtype, x.device, x.shape, x.stride(), dims, _meta(weight), _meta(bias), shape)
     except (TypeError, ValueError, RuntimeError):   # no strides (sparse), odd dims or shape: the eager path decides
         return None
     pl = _plans.get(key, _plans)   # _plans itself marks "not decided yet"
     if pl is _plans:
         if len(_plans) > 1024:
             _plans.clear()
-        pl = _plans[key] = _make_plan(x, key[4], weight, bias, key[7])
+        pl = _plans[key] = _make_plan(x, dims, weight, bias, shape)
     if pl is None or (_lib is None and _kernels() is None):
         return None
     return pl
