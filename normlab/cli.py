@@ -41,7 +41,7 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--model", type=click.Choice(["mlp", "vgg", "linear", "resnet"]), default="mlp", show_default=True)
 @click.option("--norm", default="none", show_default=True, callback=_check_norm,
               help="Norm spec from the factory: none, bn, gn:8, ln, in, ... ")
-@click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist", "cifar10", "mnist-5k", "synthetic-linear"]),
+@click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist", "cifar10", "synthetic-linear"]),
               default="mnist", show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True, callback=_check_positive, help="Learning rate.")

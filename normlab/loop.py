@@ -262,6 +262,7 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
                "final": final, **{k: final.get(k) for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
                "wall_time_s": round(wall, 3),
                **_peak_memory(device), "dataset": ds.name, "source": ds.source, "train_size": len(x_train),
+               "test_size": len(ds.x_test), "eval_sizes": {"train": len(ev_tr), "test": len(ev_te)},
                "device": str(device), "world_size": world, "num_params": sum(p.numel() for p in model.parameters()),
                "config": cfg.canonical()}
     if lead:

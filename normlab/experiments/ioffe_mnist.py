@@ -8,25 +8,43 @@ typical sigmoid of the last hidden layer over training, without (b) and with (c)
 
 Instruments: DistributionsHook on the last hidden sigmoid's input (site="input"), unit 0, percentiles 15/50/85,
 every `dist_every` steps, on the step's own batch (60 values).
-Verdict: (1) BN's test accuracy is higher at 10% of training and (2) at the end; (3) the percentiles drift more
-without BN: drift = mean over q of |mean of p_q over the last 10% of records - mean over the first 10%|.
+Quick = the paper's setup (50,000 steps): the MLP is small enough for a 2-core CPU.
+Decision rules (fixed before the data):
+  * core `sooner`: BN's test accuracy at step 5,000 (10% of training) is higher by at least 1 point — the claim is
+    about *sooner*, so it is tested where the curves are still apart (at the end both nets approach 97-98%);
+  * core `drift`: the sigmoid input's percentiles drift more without BN, by at least a factor 1.5 (drift = mean over
+    q of |mean of p_q over the last 10% of records - mean over the first 10%|);
+  * side `end`: BN's test accuracy at the end (50k steps) is higher by at least 0.2 points (the paper's plot: about
+    98+ vs 97%).
+Seeds: 3 — a 50,000-step run costs over a minute.
 """
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import at_step, band, curve, final, groups, stat_text, train_run
+from .common import at_step, band, curve, final, stat_text, train_run
 from .instruments import spec
-from .verdict import all_of, greater
+from .judge import Judge
+from .verdict import Rule
 from ..report import figure, panel, series
 
 SIGMOID = "9"   # module name of the last hidden layer's sigmoid in models.MLP (Flatten, 3 x [Linear, norm, Sigmoid])
 QS = ("15", "50", "85")
 
 PAPER = Scale("paper", dataset="mnist", steps=50_000, batch=60, lr=0.1, eval_every=1000, eval_samples=0,
-              dist_every=500, seeds=3)
-QUICK = PAPER.reduce("quick", "a 2-core CPU: 8 epochs instead of 50 (accuracy compared at 10% of training and at "
-                     "the end)", steps=8000, eval_every=250, eval_samples=5000, dist_every=100)
-SMOKE = QUICK.reduce("smoke", "tests only", steps=40, eval_every=20, eval_samples=200, dist_every=10, seeds=2)
+              dist_every=500, early=5000, seeds=3)
+QUICK = PAPER.reduce("quick", "the paper's setup, except that training accuracy is evaluated on 10,000 training "
+                     "images instead of all 60,000 (halves the cost; test accuracy is on the whole test split)",
+                     eval_samples=10_000)
+SMOKE = QUICK.reduce("smoke", "tests only", steps=40, eval_every=10, eval_samples=200, dist_every=10, early=10,
+                     seeds=2)
+
+SOONER = Rule("sooner", "BN's test accuracy is higher sooner (at 10% of training)", "test accuracy (%)", "greater",
+              0.01, "1 point: the smallest gap the paper's Fig. 1(a) shows", scale=100, unit=" pts", fmt=".2f")
+DRIFT = Rule("drift", "the sigmoid-input percentiles drift more without BN", "percentile drift (pre-sigmoid units)",
+             "greater", 1.5, "a factor 1.5: Fig. 1(b, c) shows drifting vs flat curves", log=True)
+END = Rule("end", "BN's test accuracy is higher at the end", "test accuracy (%)", "greater", 0.002,
+           "0.2 points: below that MNIST accuracies of one net differ by seed", core=False, scale=100, unit=" pts",
+           fmt=".2f")
 
 
 def drift(results, frac: float = 0.1) -> list[float]:
@@ -66,20 +84,15 @@ class IoffeMnist(Experiment):
                 for norm in ("none", "bn") for seed in seeds]
 
     def analyze(self, results, s: Scale) -> Outcome:
-        g = groups(results)
-        early = max(1, s.steps // 10)
-        acc_early = {k: [at_step(r, "test_acc", early) for r in v] for k, v in g.items()}
-        acc_final = {k: final(v, "test_acc") for k, v in g.items()}
-        drifts = {k: drift(v) for k, v in g.items()}
-        checks = [
-            greater(f"BN's test accuracy is higher at step {early:,} (10% of training)", "bn", acc_early["bn"],
-                    "none", acc_early["none"], fmt=".2f", scale=100, unit="%"),
-            greater("BN's test accuracy is higher at the end", "bn", acc_final["bn"], "none", acc_final["none"],
-                    fmt=".2f", scale=100, unit="%"),
-            greater("the sigmoid-input percentiles drift more without BN", "none", drifts["none"], "bn",
-                    drifts["bn"], fmt=".3g"),
-        ]
-        verdict = all_of(self.claim, checks)
+        j = Judge(results)
+        early = s.early
+        acc_early = {k: j.per_seed(k, lambda r: at_step(r, "test_acc", early)) for k in ("bn", "none")}
+        acc_final = {k: j.per_seed(k, lambda r: final([r], "test_acc")[0]) for k in ("bn", "none")}
+        drifts = {k: dict(zip([r.run.seed for r in j.runs(k)], drift(j.runs(k)))) for k in ("bn", "none")}
+        j.decide(SOONER, "BN", acc_early["bn"], "no BN", acc_early["none"])
+        j.decide(DRIFT, "no BN", drifts["none"], "BN", drifts["bn"])
+        j.decide(END, "BN", acc_final["bn"], "no BN", acc_final["none"])
+        g = j.all
         acc_panel = panel("(a) test accuracy", "training step", "test accuracy",
                           [band(k, *curve(v, "test_acc")) for k, v in g.items()])
         pct_panels = []
@@ -94,10 +107,10 @@ class IoffeMnist(Experiment):
                                "15/50/85th percentiles of one last-hidden-layer sigmoid's input over training, "
                                "measured on each step's batch of 60 (one unit of one seed; the drift numbers "
                                "use every seed).", [acc_panel] + pct_panels)]
-        table = [{"net": k, f"test acc @ {early:,}": stat_text(acc_early[k], ".2f", 100),
-                  "final test acc": stat_text(acc_final[k], ".2f", 100),
-                  "percentile drift": stat_text(drifts[k])} for k in g]
-        return Outcome(verdict, checks, figs, table)
+        table = [{"net": k, f"test acc @ {early:,}": stat_text(list(acc_early[k].values()), ".2f", 100),
+                  "final test acc": stat_text(list(acc_final[k].values()), ".2f", 100),
+                  "percentile drift": stat_text(list(drifts[k].values()))} for k in ("none", "bn")]
+        return j.outcome(self.claim, figs, table)
 
 
 EXPERIMENT = IoffeMnist()

@@ -7,15 +7,17 @@ noisier or staler the EMA is.
 Runs: the BN runs of wuhe-batch (smallbatch.py) at every batch size; the "eval-modes" instrument evaluates a copy
 of the model at the last step with (a) its EMA running statistics and (b) PreciseBN statistics recomputed from a
 fixed set of training images at the run's batch size, on the same test images.
-Verdict: PreciseBN's test accuracy is higher than EMA's at the smallest batch (where the EMA averages the fewest
-values); the other batch sizes are reported beside it.
+Decision rules (fixed before the data; paired by seed): core `small` — PreciseBN's test accuracy is higher than EMA's
+at the smallest batch (where the EMA averages the fewest values) by at least 0.2 points; side — the same at every
+other batch size. Precondition: converged runs. Seeds: 3 — a batch-2 run costs over a minute.
 """
 from __future__ import annotations
 
 from . import smallbatch
 from .base import Experiment, Outcome, Scale
-from .common import groups, stat_text
-from .verdict import greater
+from .common import stat_text
+from .judge import Judge
+from .verdict import Rule
 from ..report import figure, panel, series
 
 
@@ -30,18 +32,23 @@ class PreciseBN(Experiment):
     caveat = ("short runs at a constant LR on MNIST: the EMA lag Wu & Johnson describe depends on how fast the "
               "weights move; on an easy dataset both estimates may give the same accuracy.")
     scales = smallbatch.SCALES
+    unfit_fallbacks = smallbatch.UNFIT
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         return [smallbatch.run(self.id, s, "bn", b, seed, device) for b in s.batches for seed in seeds]
 
     def analyze(self, results, s: Scale) -> Outcome:
-        g = groups(results)
-        acc = {b: {k: [smallbatch.eval_modes(r).get(f"{k}_acc") for r in g[f"bn b={b}"]] for k in ("ema", "precise")}
-               for b in s.batches}
+        j = Judge(results)
+        smallbatch.require_converged(j, list(j.all))
+        per = {b: {k: j.per_seed(f"bn b={b}", lambda r, k=k: smallbatch.eval_modes(r).get(f"{k}_acc", float("nan")))
+                   for k in ("ema", "precise")} for b in s.batches}
         small = min(s.batches)
-        check = greater(f"PreciseBN's test accuracy is higher than EMA's at batch {small}", "PreciseBN",
-                        acc[small]["precise"], "EMA", acc[small]["ema"], fmt=".2f", scale=100, unit="%")
+        for b in sorted(s.batches):
+            j.decide(Rule(f"b{b}", f"PreciseBN's test accuracy is higher than EMA's at batch {b}", "test accuracy (%)",
+                          "greater", 0.002, "0.2 points", core=(b == small), scale=100, unit=" pts", fmt=".2f"),
+                     "PreciseBN", per[b]["precise"], "EMA", per[b]["ema"])
+        acc = {b: {k: list(v.values()) or [float("nan")] for k, v in d.items()} for b, d in per.items()}
         bs = sorted(s.batches)
         ser = []
         for k, lab in (("ema", "EMA statistics"), ("precise", "PreciseBN statistics")):
@@ -54,7 +61,7 @@ class PreciseBN(Experiment):
                               xticks=bs)])]
         table = [{"batch": b, "EMA acc (%)": stat_text(acc[b]["ema"], ".2f", 100),
                   "PreciseBN acc (%)": stat_text(acc[b]["precise"], ".2f", 100)} for b in bs]
-        return Outcome(check, [check], figs, table)
+        return j.outcome(self.claim, figs, table)
 
 
 EXPERIMENT = PreciseBN()

@@ -315,6 +315,8 @@ def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Res
             outcome = Outcome(Verdict(exp.claim, "inconclusive", float("nan"), "analysis failed",
                                       err.strip().splitlines()[-1]))
             failed.append(f"analysis: {err.strip().splitlines()[-1]}")
+    from .facts import finish
+    outcome, extras = finish(exp, sc, results, outcome)
     compute_s = sum(r.wall_s for r in results)
     sources = sorted({str(r.summary.get("dataset_source") or r.summary.get("source") or "") for r in results} - {""})
     record = {
@@ -327,7 +329,7 @@ def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Res
         "analysis_s": time.perf_counter() - t0,
         "command": rerun_command(exp.id, scale, out, seeds, device),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-        "outcome": asdict(outcome), "failed": failed,
+        "outcome": asdict(outcome), "failed": failed, **extras,
     }
     (out / "results").mkdir(parents=True, exist_ok=True)
     _write_json(out / "results" / f"{exp.id}.json", record)

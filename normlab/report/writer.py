@@ -11,12 +11,16 @@ from pathlib import Path
 
 from .figures import draw
 
-VERDICT_RULE = ("Each verdict comes from the data over seeds: a variant's spread is the range [min, max] of its "
-                "per-seed values. *supported*: the ranges are separated in the claimed direction (or, for a claim of "
-                "'about the same', all values agree within the stated tolerance); *not supported*: separated the "
-                "other way (or differ by more than the tolerance); *inconclusive*: the ranges overlap. The deciding "
-                "number is shown with every verdict.")
-COLORS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclusive": "#9a6700"}
+VERDICT_RULE = ("Each part of a claim is decided by a rule written in its experiment module before any run: the "
+                "quantity, the claimed direction, a minimum effect of interest, and the 95% Student-t interval of the "
+                "difference over seeds (paired where runs share a seed). *supported*: the interval clears the "
+                "minimum effect in the claimed direction (for 'about the same': lies inside the tolerance); *not "
+                "supported*: it clears it the other way (lies outside the tolerance); *inconclusive*: neither; "
+                "*undecidable*: a stated precondition failed (runs not converged, the effect the claim depends on "
+                "absent in its control, too many collapsed seeds, unfit stand-in data), with the scale that would "
+                "decide. The headline comes from the core parts; side parts keep their own verdicts. Runs that "
+                "diverged, collapsed to chance or got stuck are left out of the statistics and listed.")
+COLORS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclusive": "#9a6700", "undecidable": "#6e7781"}
 
 
 def load_results(out: Path) -> list[dict]:
@@ -51,6 +55,33 @@ def _duration(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _parts(v: dict) -> str:
+    """'k/n core, k/n all' for a headline verdict ('' for records written before parts existed)."""
+    c, a = v.get("core_supported") or [], v.get("parts_supported") or []
+    return f"{c[0]}/{c[1]} core, {a[0]}/{a[1]} all" if c and a else ""
+
+
+def _part_rows(rec: dict) -> list[tuple[str, ...]]:
+    """(part, core/side, verdict, estimate [95% CI], min effect, n, evidence) per part of an experiment."""
+    return [(c["claim"], "core" if c.get("core", True) else "side", c["outcome"], _shown(c), c.get("min_effect", ""),
+             str(c.get("n", "")), c["deciding"] + (f" ({c['note']})" if c.get("note") else "")
+             + (f" Rule: {c['rule']}" if c.get("rule") else "")) for c in rec["outcome"]["checks"]]
+
+
+def _preconditions(rec: dict) -> list[str]:
+    out = []
+    for p in rec["outcome"].get("preconditions", []):
+        state = "met" if p["ok"] else "FAILED"
+        at = f" Would be decided at: {p['decide_at']}." if not p["ok"] and p.get("decide_at") else ""
+        scope = f" (guards: {', '.join(p['parts'])})" if p.get("parts") else " (guards every part)"
+        out.append(f"{p['name']}: {state} — {p['detail']}{scope}.{at}")
+    return out
+
+
+def _left_out(rec: dict) -> list[str]:
+    return [f"{d['group']} seed {d['seed']}: {d['why']}" for d in rec["outcome"].get("excluded", [])]
+
+
 def _draw_all(out: Path, recs: list[dict]) -> dict[str, list[tuple[dict, dict]]]:
     figs: dict[str, list[tuple[dict, dict]]] = {}
     for rec in recs:
@@ -75,29 +106,34 @@ def _markdown(recs: list[dict], figs: dict, out: Path) -> str:
     lines = ["# normlab reproduction report", "",
              f"Generated {h['date']} on {h['machine']}. Scale: {h['scales']}. {h['n']} experiment(s), "
              f"{h['compute']} of run compute in all.", "", "## Verdicts", "",
-             "| experiment | what | source | verdict | deciding number | dataset | scale | compute |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| experiment | source | verdict | parts supported | deciding part: estimate [95% CI] | min effect | "
+             "dataset | scale | compute |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         v = r["outcome"]["verdict"]
-        lines.append(f"| [{r['id']}](#{r['id']}) | {_md_escape(r['title'])} | {_md_escape(r['source'])} | "
-                     f"**{v['outcome']}** | "
-                     f"{_md_escape(_shown(v))} | {_md_escape(r['dataset'])} | {r['scale']} | "
+        lines.append(f"| [{r['id']}](#{r['id']}) | {_md_escape(r['source'])} | **{v['outcome']}** | {_parts(v)} | "
+                     f"{_md_escape(_shown(v))} | {_md_escape(v.get('min_effect', ''))} | "
+                     f"{_md_escape(r['dataset'])}{' (stand-in)' if r.get('banner') else ''} | {r['scale']} | "
                      f"{_duration(r['compute_s'])} |")
     lines += ["", VERDICT_RULE, ""]
     for r in recs:
         v = r["outcome"]["verdict"]
-        lines += [f"<a id=\"{r['id']}\"></a>", f"## {r['id']} — {r['title']}", "",
-                  f"**Source:** {r['source']}  ", f"**Paper's claim:** {r['claim']}  ",
+        lines += [f"<a id=\"{r['id']}\"></a>", f"## {r['id']} — {r['title']}", ""]
+        if r.get("banner"):
+            lines += [f"> **Data stand-in:** {r['banner']}", ""]
+        lines += [f"**Source:** {r['source']}  ", f"**Paper's claim:** {r['claim']}  ",
                   f"**Paper's numbers:** {r['paper_numbers'] or '—'}", "",
                   f"**Verdict: {v['outcome']}** — {v['deciding']}" + (f" ({v['note']})" if v.get("note") else ""),
                   ""]
-        checks = r["outcome"]["checks"]
-        if checks:
-            lines += ["| part of the claim | verdict | deciding number | evidence |", "|---|---|---|---|"]
-            lines += [f"| {_md_escape(c['claim'])} | {c['outcome']} | {_md_escape(_shown(c))} | "
-                      f"{_md_escape(c['deciding'])}{_md_escape(' (' + c['note'] + ')') if c.get('note') else ''} |"
-                      for c in checks]
+        rows = _part_rows(r)
+        if rows:
+            lines += ["| part of the claim | core/side | verdict | estimate [95% CI] | min effect | n | evidence |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += ["| " + " | ".join(_md_escape(x) for x in row) + " |" for row in rows]
             lines.append("")
+        for title, items in (("Preconditions", _preconditions(r)), ("Left out of the statistics", _left_out(r))):
+            if items:
+                lines += [f"**{title}:**", ""] + [f"- {x}" for x in items] + [""]
         table = r["outcome"]["table"]
         if table:
             cols = list(dict.fromkeys(k for row in table for k in row))
@@ -120,6 +156,8 @@ def _markdown(recs: list[dict], figs: dict, out: Path) -> str:
                   f"**Dataset used:** {r['dataset']}" + (f" ({'; '.join(r['dataset_source'])})"
                                                           if r['dataset_source'] else "") + "  ",
                   f"**Scale:** {r['scale']}, seeds {r['seeds']}, {r['n_runs']} runs"]
+        if r.get("facts"):
+            lines += ["", "The runs, from their records:", ""] + [f"- {x}" for x in r["facts"]]
         if r["reductions"]:
             lines += ["", "Reductions from the paper's setup:", ""] + [f"- {x}" for x in r["reductions"]]
         lines += ["", f"**Runtime:** {_duration(r['compute_s'])} of run compute ({r['n_runs']} runs, "
@@ -137,6 +175,7 @@ vertical-align:top}th{background:#f6f8fa;text-align:left}
 .v{font-weight:600;white-space:nowrap}img{max-width:100%;height:auto;border:1px solid #eee}
 code{background:#f6f8fa;padding:.1em .3em;border-radius:4px}section{border-top:2px solid #d0d7de;margin-top:2em}
 .meta{color:#57606a;font-size:.9em}figcaption{font-size:.9em;color:#57606a}
+.banner{background:#fff8c5;border:1px solid #d4a72c;padding:.5em .8em;border-radius:6px}
 """
 
 
@@ -155,30 +194,35 @@ def _html(recs: list[dict], figs: dict) -> str:
          "<h1>normlab reproduction report</h1>",
          f"<p class=meta>Generated {_e(h['date'])} on {_e(h['machine'])}. Scale: {_e(h['scales'])}. "
          f"{h['n']} experiment(s), {_e(h['compute'])} of run compute in all.</p>",
-         "<h2>Verdicts</h2><table><tr><th>experiment</th><th>what</th><th>source</th><th>verdict</th>"
-         "<th>deciding number</th><th>dataset</th><th>scale</th><th>compute</th></tr>"]
+         "<h2>Verdicts</h2><table><tr><th>experiment</th><th>source</th><th>verdict</th><th>parts supported</th>"
+         "<th>deciding part: estimate [95% CI]</th><th>min effect</th><th>dataset</th><th>scale</th>"
+         "<th>compute</th></tr>"]
     for r in recs:
         v = r["outcome"]["verdict"]
-        p.append(f"<tr><td><a href=\"#{_e(r['id'])}\">{_e(r['id'])}</a></td><td>{_e(r['title'])}</td>"
-                 f"<td>{_e(r['source'])}</td>"
-                 f"<td>{_badge(v['outcome'])}</td><td>{_e(_shown(v))}</td><td>{_e(r['dataset'])}</td>"
+        p.append(f"<tr><td><a href=\"#{_e(r['id'])}\">{_e(r['id'])}</a></td><td>{_e(r['source'])}</td>"
+                 f"<td>{_badge(v['outcome'])}</td><td>{_e(_parts(v))}</td><td>{_e(_shown(v))}</td>"
+                 f"<td>{_e(v.get('min_effect', ''))}</td>"
+                 f"<td>{_e(r['dataset'])}{' (stand-in)' if r.get('banner') else ''}</td>"
                  f"<td>{_e(r['scale'])}</td><td>{_e(_duration(r['compute_s']))}</td></tr>")
     p += ["</table>", f"<p class=meta>{_e(VERDICT_RULE).replace('*', '')}</p>"]
     for r in recs:
         v = r["outcome"]["verdict"]
         p += [f"<section id=\"{_e(r['id'])}\"><h2>{_e(r['id'])} — {_e(r['title'])}</h2>",
+              f"<p class=banner><b>Data stand-in:</b> {_e(r['banner'])}</p>" if r.get("banner") else "",
               f"<p><b>Source:</b> {_e(r['source'])}<br><b>Paper's claim:</b> {_e(r['claim'])}<br>"
               f"<b>Paper's numbers:</b> {_e(r['paper_numbers'] or '—')}</p>",
               f"<p><b>Verdict:</b> {_badge(v['outcome'])} — {_e(v['deciding'])}"
               + (f" <i>({_e(v['note'])})</i>" if v.get("note") else "") + "</p>"]
-        checks = r["outcome"]["checks"]
-        if checks:
-            p.append("<table><tr><th>part of the claim</th><th>verdict</th><th>deciding number</th>"
-                     "<th>evidence</th></tr>")
-            p += [f"<tr><td>{_e(c['claim'])}</td><td>{_badge(c['outcome'])}</td><td>{_e(_shown(c))}</td>"
-                  f"<td>{_e(c['deciding'])}{' <i>(' + _e(c['note']) + ')</i>' if c.get('note') else ''}</td></tr>"
-                  for c in checks]
+        rows = _part_rows(r)
+        if rows:
+            p.append("<table><tr><th>part of the claim</th><th>core/side</th><th>verdict</th>"
+                     "<th>estimate [95% CI]</th><th>min effect</th><th>n</th><th>evidence</th></tr>")
+            p += ["<tr>" + "".join(f"<td>{_badge(x) if i == 2 else _e(x)}</td>" for i, x in enumerate(row)) + "</tr>"
+                  for row in rows]
             p.append("</table>")
+        for title, items in (("Preconditions", _preconditions(r)), ("Left out of the statistics", _left_out(r))):
+            if items:
+                p.append(f"<p><b>{title}:</b></p><ul>" + "".join(f"<li>{_e(x)}</li>" for x in items) + "</ul>")
         table = r["outcome"]["table"]
         if table:
             cols = list(dict.fromkeys(k for row in table for k in row))
@@ -200,6 +244,9 @@ def _html(recs: list[dict], figs: dict) -> str:
         src = f" ({_e('; '.join(r['dataset_source']))})" if r["dataset_source"] else ""
         p.append(f"<p><b>Paper's setup:</b> {_e(r['setup'])}<br><b>Dataset used:</b> {_e(r['dataset'])}{src}<br>"
                  f"<b>Scale:</b> {_e(r['scale'])}, seeds {_e(r['seeds'])}, {r['n_runs']} runs</p>")
+        if r.get("facts"):
+            p.append("<p>The runs, from their records:</p><ul>" + "".join(f"<li>{_e(x)}</li>" for x in r["facts"])
+                     + "</ul>")
         if r["reductions"]:
             p.append("<p>Reductions from the paper's setup:</p><ul>"
                      + "".join(f"<li>{_e(x)}</li>" for x in r["reductions"]) + "</ul>")
