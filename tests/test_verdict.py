@@ -100,7 +100,7 @@ def test_failed_precondition_makes_its_parts_undecidable():
     assert p.outcome == "supported"
     pre = Precondition("converged", False, "loss still falling 20%", "5x the steps", parts=("g",))
     g = guard(p, [pre])
-    assert g.outcome == "undecidable" and "converged" in g.deciding and "5x the steps" in g.note
+    assert g.outcome == "undecidable" and "'converged' failed" in g.deciding and "5x the steps" in g.note
     assert guard(p, [Precondition("other", False, "x", parts=("zzz",))]).outcome == "supported"
     assert combine("claim", [g]).outcome == "undecidable"
 

@@ -350,8 +350,9 @@ def verdict_table(out: str | Path) -> str:
         v = rec["outcome"]["verdict"]
         num = v["value"]
         num_s = v.get("shown") or ("—" if num is None or num != num else f"{num:.3g}")
-        rows.append((rec["id"], rec["scale"], v["outcome"], num_s, _duration(rec["compute_s"])))
-    head = ("experiment", "scale", "verdict", "deciding", "compute")
+        core = v.get("core_supported") or ["?", "?"]
+        rows.append((rec["id"], rec["scale"], v["outcome"], f"{core[0]}/{core[1]}", num_s, _duration(rec["compute_s"])))
+    head = ("experiment", "scale", "verdict", "core parts", "deciding: estimate [95% CI]", "compute")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])

@@ -278,10 +278,11 @@ def guard(part: Verdict, preconditions: Sequence[Precondition]) -> Verdict:
     failed = [p for p in preconditions if not p.ok and (not p.parts or part.key in p.parts)]
     if not failed:
         return part
-    why = "; ".join(f"{p.name}: {p.detail}" for p in failed)
+    names = ", ".join(f"'{p.name}'" for p in failed)
     at = "; ".join(p.decide_at for p in failed if p.decide_at)
-    return Verdict(part.claim, "undecidable", part.value, f"precondition failed — {why}. Measured anyway: "
-                   f"{part.deciding}", note=(f"would be decided at: {at}" if at else ""), shown=part.shown,
+    return Verdict(part.claim, "undecidable", part.value, f"precondition {names} failed (see Preconditions). "
+                   f"Measured anyway: {part.deciding}", note=(f"would be decided at: {at}" if at else ""),
+                   shown=part.shown,
                    key=part.key, core=part.core, interval=part.interval, n=part.n, min_effect=part.min_effect,
                    rule=part.rule)
 
