@@ -67,7 +67,10 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--deterministic", is_flag=True, help="torch.use_deterministic_algorithms for the run.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output dir [default: runs/MODEL-NORM-DATASET-sSEED].")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when there is one.")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/checkpoint.pt (--steps may grow; display, logging and checkpoint options may "
+                   "change).")
+@click.option("--overwrite", is_flag=True, help="Delete the run already in OUT and start over.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on CUDA).")
@@ -75,7 +78,11 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(**opts) -> None:
     """Train one model and write metrics.jsonl, checkpoints and summary.json into --out."""
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError
     from .data import DataError
+    from .records import InUseError, describe_os_error
     from .train import ConfigError, TrainConfig, train as run_train
     try:
         milestones = tuple(int(s) for s in opts.pop("milestones").split(",") if s.strip())
@@ -84,18 +91,47 @@ def train(**opts) -> None:
     if opts["device"] not in ("auto", "cpu", "cuda") and not opts["device"].startswith("cuda:"):
         raise click.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {opts['device']!r}", param_hint="--device")
     out = opts.pop("out") or f"runs/{opts['model']}-{opts['norm']}-{opts['dataset']}-s{opts['seed']}"
-    resume = opts.pop("resume")
+    resume, overwrite = opts.pop("resume"), opts.pop("overwrite")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    if resume and not any((Path(out) / n).exists() for n in ("checkpoint.pt", "summary.json")):
+        raise click.UsageError(f"--resume: {out} has no checkpoint.pt to continue from; drop --resume to start "
+                               f"the run")
     cfg = TrainConfig(lr_milestones=milestones, lr_gamma=opts.pop("gamma"), model_kw=opts.pop("model_kw"), **opts)
     try:
-        summary = run_train(cfg, out, resume=resume)
-    except (ConfigError, DataError) as e:
+        summary = run_train(cfg, out, resume=resume, overwrite=overwrite)
+    except (ConfigError, DataError, CheckpointError) as e:
         raise click.UsageError(str(e))
+    except InUseError as e:
+        raise click.ClickException(str(e))
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e))
+    except KeyboardInterrupt:
+        raise SystemExit(_interrupted(out)) from None
     final = summary["final"]
     msg = (f"{summary['status']}" + (f" (diverged at step {summary['diverged_at']})" if summary["diverged_at"] is not None
                                      else "") + f": {summary['steps_done']} steps in {summary['wall_time_s']:.1f} s")
     if final.get("test_acc") is not None:
         msg += f", train acc {final['train_acc']:.4f}, test acc {final['test_acc']:.4f}"
     click.echo(f"{msg}; peak RSS {summary['peak_rss_mb']:.0f} MB; results in {out}")
+
+
+def _interrupted(out: str) -> int:
+    """Ctrl-C during `normlab train`: say what was kept and how to go on; returns the exit status (130)."""
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    try:
+        step = load_checkpoint(Path(out) / "checkpoint.pt")["step"]
+    except (OSError, CheckpointError):
+        step = None
+    if step is None:
+        click.echo(f"\ninterrupted before the first checkpoint: nothing to resume; rerun with --overwrite to start "
+                   f"over (or a smaller --checkpoint-every)", err=True)
+    else:
+        click.echo(f"\ninterrupted: {out} keeps the checkpoint at step {step}; rerun the same command with --resume "
+                   f"to continue from there", err=True)
+    return 130
 
 
 def _floats(ctx, param, value: str) -> tuple[float, float]:
@@ -189,12 +225,18 @@ def reproduce(scale: str, only: tuple[str, ...], out: str | None, seeds: int | N
     _reproduce(ex, scale, only, out or f"out/reproduce-{scale}", seeds, device, jobs)
 
 
-def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, jobs: int) -> None:
+def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, jobs: int,
+               threads: int | None = None) -> None:
+    from .records import InUseError, describe_os_error
     try:
         chosen = ex.resolve(list(only))
-        res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs)
+        res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs, threads=threads)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+    except InUseError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e)) from None
     except KeyboardInterrupt:
         raise SystemExit(130)
     click.echo("\n" + ex.verdict_table(out))

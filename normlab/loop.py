@@ -18,8 +18,9 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import models
-from .train import (CHECKPOINT, DIAGNOSTICS, EVAL_SUBSET_SEED, METRICS, SUMMARY, ConfigError, StepContext,
-                    TrainConfig, _dataset, _hook_name, _rows, evaluate, lr_at, make_optimizer, resolve_device)
+from .train import (CHECKPOINT, DIAGNOSTICS, EVAL_SUBSET_SEED, METRICS, NON_RESULT_FIELDS, SUMMARY, ConfigError,
+                    StepContext, TrainConfig, _dataset, _hook_name, _rows, evaluate, lr_at, make_optimizer,
+                    resolve_device, resume_mismatch)
 
 
 class _Batches:
@@ -78,33 +79,59 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local_rank: int, world: int) -> dict:
+def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local_rank: int, world: int,
+        overwrite: bool = False) -> dict:
     device = resolve_device(cfg.device, local_rank)
+    state = _resume_state(cfg, out, resume, overwrite)
     if world > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist_mod.init(device, cfg.dist_timeout)
     lead = rank == 0
     hooks = hooks if lead else []   # hooks run on rank 0 only
-    ckpt_path = out / CHECKPOINT
-    state = ckpt.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if state is not None and state["config"] != cfg.canonical():
-        diff = sorted(k for k, v in cfg.canonical().items() if state["config"].get(k) != v)
-        raise ConfigError(f"resume: {ckpt_path} was written by a different config (fields {', '.join(diff)} differ)")
     prev_det = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
-        return _run(cfg, out, hooks, state, device, rank, world, lead)
+        return _run(cfg, out, hooks, state, device, rank, world, lead, overwrite)
     finally:
         torch.use_deterministic_algorithms(prev_det)
         if world > 1:
             dist_mod.shutdown()
 
 
+def _resume_state(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to continue from (resume=True), checked against cfg; None for a fresh run.
+
+    Errors: resume with records but no checkpoint; a checkpoint of another config (result-changing fields only);
+    fewer steps than the checkpoint has done; extending a run that diverged."""
+    ckpt_path = out / CHECKPOINT
+    if not resume:
+        return None
+    if not ckpt_path.exists():
+        left = [n for n in (METRICS, SUMMARY) if (out / n).exists()]
+        if left and not overwrite:
+            raise ConfigError(f"resume: {out} holds {', '.join(left)} but no {CHECKPOINT} to continue from (the run "
+                              f"had checkpoint_every=0 or was stopped before its first checkpoint); run again "
+                              f"without --resume and with --overwrite to start it over")
+        return None
+    state = ckpt.load_checkpoint(ckpt_path)
+    diff = resume_mismatch(state["config"], cfg)
+    if diff:
+        shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.canonical().get(k)!r}" for k in diff)
+        raise ConfigError(f"resume: {ckpt_path} was written by a different config (fields {', '.join(diff)} "
+                          f"differ: {shown}); only {', '.join(NON_RESULT_FIELDS)} may change on resume")
+    if cfg.steps < state["step"]:
+        raise ConfigError(f"steps: {cfg.steps} is fewer than the {state['step']} steps {ckpt_path} has done; on "
+                          f"resume --steps may only stay or grow")
+    if state.get("diverged") and cfg.steps > state["step"]:
+        raise ConfigError(f"steps: the run in {out} diverged at step {state['step']}; it cannot be extended")
+    return state
+
+
 def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: torch.device, rank: int, world: int,
-         lead: bool) -> dict:
+         lead: bool, overwrite: bool = False) -> dict:
     _seed_all(cfg.seed)
     ds = _dataset(cfg)
     x_train, y_train = ds.x_train, ds.y_train
@@ -145,10 +172,15 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
             ckpt.append_jsonl_atomic(metrics_path, rows, rewrite=True)
             diag = [r for r in ckpt.read_jsonl(diag_path) if r["step"] < start]
             ckpt.append_jsonl_atomic(diag_path, diag, rewrite=True)
+        if lead and state["step"] < cfg.steps and (out / SUMMARY).exists():
+            (out / SUMMARY).unlink()   # extending a finished run (--steps grew): it is no longer finished
     elif lead:
-        for p in (metrics_path, diag_path, out / CHECKPOINT, out / SUMMARY):
-            if p.exists():
-                p.unlink()
+        existing = [p for p in (metrics_path, diag_path, out / CHECKPOINT, out / SUMMARY) if p.exists()]
+        if existing and not overwrite:
+            raise ConfigError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); pass --resume to "
+                              f"continue it, or --overwrite to delete it and start over")
+        for p in existing:
+            p.unlink()
         ckpt.write_json_atomic(out / "config.json", cfg.to_dict())
     if lead and cfg.verbose:
         print(f"normlab train: {ds.name} from {ds.source}; model {cfg.model} norm {cfg.norm} on {device}"
@@ -175,9 +207,9 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
         r["time"] = round(time.perf_counter() - t_run, 4)
         return r
 
-    def flush() -> None:
-        ckpt.append_jsonl_atomic(metrics_path, pending)
-        ckpt.append_jsonl_atomic(diag_path, diag_pending)
+    def flush(sync: bool = False) -> None:
+        ckpt.append_jsonl_atomic(metrics_path, pending, fsync=sync)
+        ckpt.append_jsonl_atomic(diag_path, diag_pending, fsync=sync)
         rows.extend(pending)
         pending.clear()
         diag_pending.clear()
@@ -267,16 +299,18 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     if lead:
         ckpt.write_json_atomic(out / SUMMARY, summary)
         if cfg.checkpoint_every:
-            _save(cfg, out, model, opt, summary["steps_done"], wall, loss0, acc, lead, flush, True)
+            _save(cfg, out, model, opt, summary["steps_done"], wall, loss0, acc, lead, flush, True,
+                  diverged_at is not None)
     return summary
 
 
 def _save(cfg: TrainConfig, out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float,
-          loss0: float | None, acc: dict, lead: bool, flush: Callable, done: bool) -> None:
+          loss0: float | None, acc: dict, lead: bool, flush: Callable, done: bool, diverged: bool = False) -> None:
     """Flush rows, then write the checkpoint (rank 0 only; every rank holds the same weights)."""
     if not lead:
         return
-    flush()
-    ckpt.save_atomic({"version": 1, "step": step, "done": done, "elapsed": elapsed, "loss0": loss0,
+    flush(True)   # the rows the checkpoint counts are on disk before it is
+    ckpt.save_atomic({"version": 1, "step": step, "done": done, "diverged": diverged, "elapsed": elapsed,
+                      "loss0": loss0,
                       "acc": dict(acc), "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt.rng_state(),
                       "config": cfg.canonical()}, out / CHECKPOINT)

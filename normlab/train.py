@@ -7,6 +7,7 @@ summary.json at the end. docs/training.md describes the files and the resume rul
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,9 +21,11 @@ from torch import nn
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import models
+from . import records
 from .layers.factory import valid_specs
 
-__all__ = ["TrainConfig", "StepContext", "ConfigError", "train", "evaluate", "resolve_device"]
+__all__ = ["TrainConfig", "StepContext", "ConfigError", "train", "evaluate", "resolve_device", "resume_mismatch",
+           "NON_RESULT_FIELDS"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -219,22 +222,59 @@ def _rows(result: Any) -> list[dict]:
     return list(result)
 
 
-def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable] = (), resume: bool = False) -> dict:
+# Fields that do not change what a run computes (only how it is shown, logged or checkpointed, or which
+# processes' wall clock it takes): a resumed run may change them. `steps` may grow; `device` must keep its kind.
+NON_RESULT_FIELDS = ("progress", "verbose", "eval_every", "checkpoint_every", "log_every", "dist_timeout", "steps",
+                     "device")
+
+
+def _device_kind(spec: Any) -> str:
+    spec = str(spec)
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if spec.startswith("cuda") else "cpu"
+
+
+def resume_mismatch(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The result-changing fields in which a saved config (a checkpoint's or summary's) differs from `cfg`.
+
+    Everything but NON_RESULT_FIELDS must match; the device must be of the same kind ('auto' is what it resolves
+    to here, so 'auto' and 'cpu' match on a machine without CUDA)."""
+    now = cfg.canonical()
+    diff = sorted(k for k, v in now.items() if k not in NON_RESULT_FIELDS and saved.get(k) != v)
+    diff += sorted(k for k in saved if k not in now)   # a field this version does not know
+    if _device_kind(saved.get("device", "auto")) != _device_kind(cfg.device):
+        diff.append("device")
+    return diff
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable] = (), resume: bool = False,
+          overwrite: bool = False) -> dict:
     """Train per `cfg`, writing metrics.jsonl, diagnostics.jsonl, checkpoint.pt and summary.json into out_dir.
 
-    resume=True continues from out_dir/checkpoint.pt when there is one (the config must match) and returns the
-    saved summary when the run already finished. Returns the summary dict ("diverged_at" is None or the step).
+    One writer per out_dir: the directory is locked for the run (normlab.records.DirLock); a second train() into it
+    raises records.InUseError naming the process that holds it.
+    resume=True continues from out_dir/checkpoint.pt when there is one (the result-changing fields must match, see
+    NON_RESULT_FIELDS; cfg.steps may be larger than the checkpoint's step), returns the saved summary when the run
+    already finished, and starts afresh in an empty out_dir. A folder with records but no checkpoint is an error.
+    resume=False refuses a folder that already holds a run's records unless overwrite=True (which deletes them).
+    Returns the summary dict ("diverged_at" is None or the step).
     """
     cfg = cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / SUMMARY).exists():   # summary.json is written once a run has ended: nothing to redo
-        saved = json.loads((out / SUMMARY).read_text())
-        if saved.get("config") == cfg.canonical():
-            return saved
     rank, local_rank, world = dist_mod.env_world()
-    if world == 1 and cfg.nproc > 1:
-        dist_mod.spawn(cfg, str(out), hooks, resume)
-        return json.loads((out / SUMMARY).read_text())
-    from .loop import run   # the loop body lives in its own module (size)
-    return run(cfg, out, list(hooks), resume, rank, local_rank, world)
+    # a --nproc parent holds the lock for its spawned ranks; under torchrun, rank 0 takes it
+    held_by_parent = os.environ.get(dist_mod.LOCKED_DIR_ENV) == str(out.resolve())
+    lock = records.DirLock(out, "normlab train") if rank == 0 and not held_by_parent else contextlib.nullcontext()
+    with lock:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / SUMMARY).exists():   # summary.json is written once a run has ended: nothing to redo
+            saved = records.read_json(out / SUMMARY)
+            old = saved.get("config") if isinstance(saved, dict) else None
+            if isinstance(old, dict) and not resume_mismatch(old, cfg) and old.get("steps") == cfg.steps:
+                return saved
+        if world == 1 and cfg.nproc > 1:
+            dist_mod.spawn(cfg, str(out), hooks, resume, overwrite)
+            return records.read_json(out / SUMMARY)
+        from .loop import run   # the loop body lives in its own module (size)
+        return run(cfg, out, list(hooks), resume, rank, local_rank, world, overwrite)
