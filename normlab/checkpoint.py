@@ -24,13 +24,20 @@ class CheckpointError(ValueError):
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """torch.save(obj) to path via a unique temp file, fsync and rename; obj must hold only tensors and primitive
-    containers. A full disk raises OSError "PATH: No space left on device (...)" and leaves the old file intact."""
+    containers. A full disk raises OSError(ENOSPC) naming `path` and leaves the old file intact."""
     path = Path(path)
     try:
         with records.atomic_writer(path) as f:
             torch.save(obj, f)
-    except OSError as e:
-        raise OSError(e.errno, records.describe_os_error(e, path)) from e
+    except (OSError, RuntimeError) as e:
+        # torch's zip writer turns a failed write into "enforce fail at inline_container.cc"; the OSError behind it
+        # (ENOSPC, EIO, ...) is the cause to report, with the checkpoint's path rather than the temp file's
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from e
 
 
 CHECKPOINT_KEYS = ("version", "step", "model", "optimizer", "rng", "config")

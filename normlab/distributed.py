@@ -65,7 +65,7 @@ def broadcast_model(model: torch.nn.Module) -> None:
 
 
 def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, hooks, resume: bool,
-            overwrite: bool = False) -> None:
+            overwrite: bool = False, tensorboard: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     os.environ[LOCKED_DIR_ENV] = str(Path(out_dir).resolve())
@@ -73,12 +73,12 @@ def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, h
     # would oversubscribe the CPU (collectives then wait on descheduled peers)
     torch.set_num_threads(max(1, threads // world))
     from .train import train
-    train(cfg, out_dir, hooks if rank == 0 else (), resume=resume, overwrite=overwrite)
+    train(cfg, out_dir, hooks if rank == 0 else (), resume=resume, overwrite=overwrite, tensorboard=tensorboard)
 
 
-def spawn(cfg, out_dir: str, hooks, resume: bool, overwrite: bool = False) -> None:
+def spawn(cfg, out_dir: str, hooks, resume: bool, overwrite: bool = False, tensorboard: bool = False) -> None:
     """Run train() in cfg.nproc fresh processes on loopback; returns when all have finished (raises if one fails)."""
     import torch.multiprocessing as mp
-    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume, overwrite)
+    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume, overwrite, tensorboard)
     mp.start_processes(_worker, args=args,
                        nprocs=cfg.nproc, join=True, start_method="spawn")

@@ -80,7 +80,7 @@ def _seed_all(seed: int) -> None:
 
 
 def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local_rank: int, world: int,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False, tensorboard: bool = False) -> dict:
     device = resolve_device(cfg.device, local_rank)
     state = _resume_state(cfg, out, resume, overwrite)
     if world > 1:
@@ -94,7 +94,7 @@ def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
-        return _run(cfg, out, hooks, state, device, rank, world, lead, overwrite)
+        return _run(cfg, out, hooks, state, device, rank, world, lead, overwrite, tensorboard)
     finally:
         torch.use_deterministic_algorithms(prev_det)
         if world > 1:
@@ -130,8 +130,58 @@ def _resume_state(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) ->
     return state
 
 
+PLAIN_PROGRESS_S = 30.0   # seconds between plain progress lines when stderr is not a terminal (nohup, batch jobs)
+
+
+class _PlainProgress:
+    """One line on stderr every PLAIN_PROGRESS_S seconds and at the end, for logs that are files, not terminals:
+    'normlab train: step 400/2000 (20%), loss 0.41, test acc 0.91, 35.2 steps/s, ~45s left'."""
+
+    def __init__(self, cfg: TrainConfig, start: int) -> None:
+        self.cfg, self.start = cfg, start
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, done: int, loss: float | None, row: dict) -> None:
+        now = time.monotonic()
+        if now - self.last < PLAIN_PROGRESS_S and done != self.cfg.steps:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        line = f"normlab train: step {done}/{self.cfg.steps} ({100 * done // max(1, self.cfg.steps)}%)"
+        if loss is not None:
+            line += f", loss {loss:.4g}"
+        if row.get("test_acc") is not None:
+            line += f", test acc {row['test_acc']:.4f} (step {row['step']})"
+        line += f", {rate:.1f} steps/s"
+        if done < self.cfg.steps and rate > 0:
+            line += f", ~{(self.cfg.steps - done) / rate:.0f}s left"
+        print(line, file=sys.stderr, flush=True)
+
+
+class _TensorBoard:
+    """The metrics rows as TensorBoard scalars in OUT/tensorboard (torch.utils.tensorboard; needs the optional
+    `tensorboard` package). metrics.jsonl stays the record; this is a view of it."""
+
+    def __init__(self, out: Path, start: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ConfigError(f"tensorboard: torch.utils.tensorboard cannot be imported ({e}); install the optional "
+                              f"extra: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
+
+    def rows(self, rows: list[dict]) -> None:
+        for r in rows:
+            for k, v in r.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(k, v, r["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: torch.device, rank: int, world: int,
-         lead: bool, overwrite: bool = False) -> dict:
+         lead: bool, overwrite: bool = False, tensorboard: bool = False) -> dict:
     _seed_all(cfg.seed)
     ds = _dataset(cfg)
     x_train, y_train = ds.x_train, ds.y_train
@@ -187,6 +237,7 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
               + (f" x{world} processes" if world > 1 else "") + (f"; resuming at step {start}" if state else ""),
               file=sys.stderr)
 
+    tb = _TensorBoard(out, start) if tensorboard and lead else None
     pending: list[dict] = []     # rows not yet flushed to disk
     diag_pending: list[dict] = []
     acc = {"loss_sum": 0.0, "loss_n": 0, "last_loss": None}   # running loss since the last row (checkpointed)
@@ -208,6 +259,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
         return r
 
     def flush(sync: bool = False) -> None:
+        if tb is not None:
+            tb.rows(pending)
         ckpt.append_jsonl_atomic(metrics_path, pending, fsync=sync)
         ckpt.append_jsonl_atomic(diag_path, diag_pending, fsync=sync)
         rows.extend(pending)
@@ -221,6 +274,7 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead and sys.stderr.isatty()),
                mininterval=0.5, dynamic_ncols=True, desc=f"{cfg.model}/{cfg.norm}")
+    plain = _PlainProgress(cfg, start) if cfg.progress and lead and not sys.stderr.isatty() else None
     lr = lr_at(cfg, start)
     for g in opt.param_groups:
         g["lr"] = lr
@@ -272,6 +326,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
                     diag_pending.append({"step": t, "hook": _hook_name(h), **r})
         opt.step()
         bar.update(1)
+        if plain is not None:
+            plain.step(done, acc["last_loss"], rows[-1] if rows else {})
         if lead and (at_eval or at_log or done == cfg.steps):
             pending.append(row(done, bool(at_eval) or done == cfg.steps))
             if at_eval or done == cfg.steps:
@@ -280,6 +336,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
         if at_ckpt and done < cfg.steps:
             _save(cfg, out, model, opt, done, time.perf_counter() - t_run, loss0, acc, lead, flush, False)
     bar.close()
+    if tb is not None:
+        tb.close()
     wall = time.perf_counter() - t_run
     if diverged_at is not None and lead:
         pending.append({"step": diverged_at, "loss": acc["last_loss"], "diverged": True, "lr": lr,

@@ -68,10 +68,7 @@ class DirLock:
         self.release()
 
     def acquire(self) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OSError(e.errno, describe_os_error(e, self.path)) from e
+        self.path.mkdir(parents=True, exist_ok=True)   # an OSError here names the path (describe_os_error)
         key = str(self.path.resolve())
         with _HELD_GUARD:
             if key in _HELD:
@@ -134,10 +131,18 @@ class atomic_writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            self.file.close()
+            try:
+                if exc_type is None:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+            finally:
+                if exc_type is None:
+                    self.file.close()
+                else:
+                    try:
+                        self.file.close()
+                    except OSError:
+                        pass   # the write already failed (e.g. disk full); that error is the one to report
             if exc_type is None:
                 os.replace(self.tmp, self.path)
                 fsync_dir(self.path.parent)

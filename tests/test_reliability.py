@@ -339,3 +339,164 @@ def test_fuse_bn_refuses_a_shared_layer_in_named_pairs():
     m = Twice().eval()
     with pytest.raises(ValueError, match=r"pairs: 'conv' is one module used in 2 places \(conv, again\)"):
         normlab.fuse_bn(m, pairs=[("conv", "bn")])
+
+
+# ------------------------------------------------------------------------------- 3. errors that say what is wrong
+def test_bad_checkpoint_files_name_the_file_and_the_cause(root, tmp_path):
+    good = tmp_path / "good"
+    train(cfg_for(root, steps=4, checkpoint_every=2), good)
+    data = (good / "checkpoint.pt").read_bytes()
+    cases = {"empty.pt": (b"", "empty file"),
+             "trunc.pt": (data[: len(data) // 2], "not a readable torch checkpoint"),
+             "garbage.pt": (b"hello" * 50, "not a readable torch checkpoint")}
+    for name, (content, msg) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ckpt.CheckpointError, match=f"{tmp_path / name}: {msg}"):
+            ckpt.load_checkpoint(tmp_path / name)
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"sd.pt: not a normlab checkpoint \(no 'version', 'step'"):
+        ckpt.load_checkpoint(tmp_path / "sd.pt")
+    # through the CLI: before, "Aborted!" (empty) and KeyError: 'config' (a state_dict)
+    (good / "checkpoint.pt").write_bytes(b"")
+    r = CliRunner().invoke(cli, ["train", "--resume", "--out", str(good), "--steps", "4", "--batch-size", "20",
+                                 "--model-kw", "hidden=[32,32]"], env={"NORMLAB_DATA": str(root)})
+    assert r.exit_code == 2 and "checkpoint.pt: empty file" in r.output and "Aborted" not in r.output, r.output
+    r = CliRunner().invoke(cli, ["diagnose", str(tmp_path / "sd.pt")])
+    assert r.exit_code == 2 and "not a normlab checkpoint" in r.output, r.output
+
+
+def test_a_full_disk_says_no_space_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_atomic({"step": 1}, path)
+    fake_tmp = tmp_path / "never-created.tmp"
+    monkeypatch.setattr(records.tempfile, "mkstemp",
+                        lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(fake_tmp)))   # every write: ENOSPC
+    with pytest.raises(OSError, match="No space left on device") as info:
+        ckpt.save_atomic({"w": torch.zeros(10000)}, path)
+    assert info.value.filename == str(path)
+    assert "disk is full" in records.describe_os_error(info.value)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def _cli(args, **env):
+    return CliRunner().invoke(cli, args, env=env or None)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--norm", "gn:abc"], "norm: 'gn:abc' does not fit model 'mlp': .*expected an int after ':'"),
+    (["--norm", "gn:0"], "norm: 'gn:0' .*num_groups: expected a positive int"),
+    (["--norm", "gn:7"], "norm: 'gn:7' .*expected a divisor of num_channels=100, got 7"),
+    (["--norm", "ghost-bn:0"], "norm: 'ghost-bn:0' .*virtual_batch_size: expected a positive int"),
+    (["--norm", "brn:x"], "norm: 'brn:x' .*expected 'brn:R:D'"),
+    (["--model-kw", "hidden=0"], "model_kw: hidden expected a list of positive integers"),
+    (["--model", "vgg", "--model-kw", "width=abc"], "model_kw: width expected a finite number > 0, got 'abc'"),
+    (["--model-kw", "init_std=-1"], "model_kw: init_std expected a finite number > 0, got -1"),
+    (["--model-kw", "hidden=[100,-5]"], r"model_kw: hidden expected a list of positive integers.*\[100, -5\]"),
+    (["--model-kw", "depth=3"], "model_kw: depth is not a keyword of model 'mlp'; valid: hidden="),
+    (["--batch-size", "1", "--norm", "bn"], "batch_size: 1 sample.* too few for norm 'bn'"),
+    (["--seed", str(2**40)], "--seed"),
+])
+def test_bad_cli_values_are_one_line_usage_errors(args, msg, tmp_path):
+    r = _cli(["train", "--out", str(tmp_path / "x")] + args)
+    assert r.exit_code == 2 and not isinstance(r.exception, (ValueError, TypeError, RuntimeError)), r.output
+    import re
+    assert re.search(msg, r.output), r.output
+    assert not (tmp_path / "x").exists()   # refused before anything was written
+
+
+def test_more_file_and_folder_errors(root, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = _cli(["train", "--out", str(tmp_path / "afile" / "run"), "--steps", "2"], NORMLAB_DATA=str(root))
+    assert r.exit_code == 1 and "afile/run: Not a directory" in r.output and "Traceback" not in r.output, r.output
+    r = _cli(["train", "--out", str(tmp_path / "run"), "--steps", "2"], NORMLAB_DATA=str(tmp_path / "afile"))
+    assert r.exit_code == 2 and "cannot create the data folder" in r.output and "not a file" in r.output, r.output
+    r = _cli(["reproduce", "--only", "", "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2 and "empty experiment id" in r.output   # before: ran all 14 experiments
+    from normlab.data.readers import read_idx, write_idx
+    write_idx(tmp_path / "x.gz", np.arange(5000, dtype=np.uint8).reshape(50, 10, 10))
+    raw = bytearray((tmp_path / "x.gz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF   # one flipped byte: before, a raw zlib.error without the file's name
+    (tmp_path / "x.gz").write_bytes(bytes(raw))
+    from normlab.data import DataError
+    with pytest.raises(DataError, match=f"{tmp_path / 'x.gz'}: (cannot read|truncated or corrupt)"):
+        read_idx(tmp_path / "x.gz")
+
+
+def test_decompression_stops_at_the_header_size(tmp_path, monkeypatch):
+    import gzip
+    from normlab.data import DataError, readers
+    header = bytes([0, 0, 0x08, 3]) + b"".join(int(s).to_bytes(4, "big") for s in (10, 28, 28))
+    with gzip.open(tmp_path / "bomb.gz", "wb") as f:
+        f.write(header + bytes(20_000_000))   # 20 MB of zeros behind a header announcing 7840 bytes
+    sizes = []
+    real_open = gzip.open
+
+    def spy(*a, **kw):
+        f = real_open(*a, **kw)
+        read = f.read
+        f.read = lambda n=-1: (sizes.append(n), read(n))[1]
+        return f
+    monkeypatch.setattr(readers.gzip, "open", spy)
+    with pytest.raises(DataError, match="header says shape .10, 28, 28. .7840 bytes., found more"):
+        readers.read_idx(tmp_path / "bomb.gz")
+    assert max(sizes) == 7841 and -1 not in sizes   # never "read everything"
+    with pytest.raises(DataError, match="holds more than 1,000 bytes once decompressed"):
+        readers._read_bytes(tmp_path / "bomb.gz", limit=1000)
+
+
+def test_ctrl_c_says_how_to_resume(root, tmp_path, monkeypatch):
+    import normlab.train as train_mod
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--steps", "4", "--batch-size", "20", "--model-kw", "hidden=[32,32]",
+            "--checkpoint-every", "2"]
+    r = _cli(args, NORMLAB_DATA=str(root))
+    assert r.exit_code == 0, r.output
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    r = _cli(args + ["--steps", "8", "--resume"], NORMLAB_DATA=str(root))
+    assert r.exit_code == 130 and "keeps the checkpoint at step 4; rerun the same command with --resume" in r.output
+    r = _cli(["train", "--out", str(tmp_path / "new"), "--steps", "4"], NORMLAB_DATA=str(root))
+    assert r.exit_code == 130 and "before the first checkpoint" in r.output
+
+
+# --------------------------------------------------------------------------------------- 6. logs readable anywhere
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(root, tmp_path, monkeypatch, capsys):
+    from normlab import loop
+    monkeypatch.setattr(loop, "PLAIN_PROGRESS_S", 0.0)   # a line per step (30 s apart normally)
+    train(cfg_for(root, steps=6, eval_every=3, progress=True, verbose=False), tmp_path)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("normlab train: step")]
+    assert len(lines) == 6 and lines[-1].startswith("normlab train: step 6/6 (100%), loss ")
+    assert "test acc" in lines[3] and "(step 3)" in lines[3] and "left" in lines[0]
+
+
+def test_log_every_on_the_cli_and_threads_for_reproduce(root, tmp_path, monkeypatch):
+    r = _cli(["train", "--out", str(tmp_path / "r"), "--steps", "20", "--eval-every", "20", "--batch-size", "20",
+              "--model-kw", "hidden=[16]", "--no-progress"], NORMLAB_DATA=str(root))
+    assert r.exit_code == 0, r.output
+    rows = ckpt.read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert [x["step"] for x in rows] == [0, 10, 20] and rows[1]["loss"] is not None and "test_acc" not in rows[1]
+    import normlab.experiments as ex
+    seen = {}
+
+    def fake(chosen, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ex, "reproduce", fake)
+    _cli(["reproduce", "--only", "ioffe-mnist", "--out", str(tmp_path / "o")], OMP_NUM_THREADS="3")
+    assert seen["threads"] == 3
+    _cli(["reproduce", "--only", "ioffe-mnist", "--threads", "2", "--out", str(tmp_path / "o")], OMP_NUM_THREADS="3")
+    assert seen["threads"] == 2
+
+
+def test_tensorboard_is_optional(root, tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="tensorboard: .*pip install tensorboard"):
+            train(cfg_for(root, steps=2), tmp_path, tensorboard=True)
+        return
+    train(cfg_for(root, steps=2), tmp_path, tensorboard=True)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

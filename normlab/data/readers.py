@@ -19,15 +19,26 @@ class DataError(ValueError):
     """A data file is missing, corrupt or truncated; the message names the file and how to get it."""
 
 
-def _read_bytes(path: Path) -> bytes:
+MAX_BYTES = 1 << 30   # no normlab dataset file holds more than 1 GiB once decompressed (CIFAR-10: 184 MB in all)
+
+
+def _read_bytes(path: Path, limit: int = MAX_BYTES) -> bytes:
+    """The file's bytes (gunzipped for .gz), reading at most `limit` + 1 bytes: a gzip bomb is refused after
+    `limit` bytes, not after all of them."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated, "
+                data = f.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or truncated, "
                         f"delete it and fetch it again") from e
+    if len(data) > limit:
+        raise DataError(f"{path}: holds more than {limit:,} bytes{' once decompressed' if path.suffix == '.gz' else ''}"
+                        f", more than any dataset file normlab reads; refusing it (a damaged file or a gzip bomb)")
+    return data
 
 
 # IDX: big-endian magic (0, 0, dtype code, ndim), ndim uint32 sizes, then the data.
@@ -35,22 +46,35 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (optionally .gz) into an array of its own shape, e.g. (60000, 28, 28) uint8."""
+    """Read one IDX file (optionally .gz) into an array of its own shape, e.g. (60000, 28, 28) uint8.
+
+    The header is read first and then exactly the bytes it announces (+1 to detect extra data), so a file whose
+    content does not match its header is refused without decompressing more than the header promised."""
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    want = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != want:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex()})")
+            ndim = magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_TYPES[magic[2]])
+            want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if want > MAX_BYTES:
+                raise DataError(f"{path}: header says shape {shape} ({want:,} bytes), more than the {MAX_BYTES:,} "
+                                f"normlab reads from one file; the header is corrupt")
+            raw = f.read(want + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or truncated, "
+                        f"delete it and fetch it again") from e
+    if len(raw) != want:
         raise DataError(f"{path}: truncated or corrupt IDX file: header says shape {shape} ({want} bytes), "
-                        f"found {len(raw) - header} bytes of data")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+                        f"found {'more' if len(raw) > want else len(raw)} bytes of data")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
