@@ -500,3 +500,50 @@ def test_tensorboard_is_optional(root, tmp_path):
         return
     train(cfg_for(root, steps=2), tmp_path, tensorboard=True)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# ------------------------------------------------------------------------------------- 2. data validated when loaded
+def _npz(root: Path, **arrays) -> Path:
+    rng = np.random.default_rng(0)
+    base = {"x_train": rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), "y_train": np.arange(40) % 10,
+            "x_test": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), "y_test": np.arange(20) % 10}
+    base.update(arrays)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "mnist.npz", **base)
+    return root
+
+
+def test_channels_last_images_are_recognized(tmp_path):
+    from normlab import data
+    plain = data.load("mnist", root=_npz(tmp_path / "a"), download=False)
+    x = np.load(tmp_path / "a" / "mnist.npz")
+    last = data.load("mnist", root=_npz(tmp_path / "b", x_train=x["x_train"][..., None],
+                                        x_test=x["x_test"][..., None]), download=False)
+    # before: 28 channels of 28x1 images, std 0 in some, NaN at step 0 reported as divergence
+    assert last.in_shape == (1, 28, 28) and torch.equal(last.x_train, plain.x_train)
+
+
+@pytest.mark.parametrize("change, msg", [
+    ({"x_train": np.zeros((40, 28, 28), np.uint8)}, r"x_train\): every pixel is 0; constant images"),
+    ({"x_train": np.zeros((40, 784), np.uint8)}, r"flat vectors.*np.reshape\(x, \(-1, 28, 28\)\)"),
+    ({"x_test": np.ones((20, 32, 32), np.uint8)}, r"train images are \(28, 28\) but test images are \(32, 32\)"),
+    ({"y_train": np.full(40, 1.5)}, r"y_train\): float labels that are not whole numbers"),
+    ({"y_train": np.arange(40) % 12}, r"y_train\): labels in \[0, 11\], expected class indices 0..9"),
+    ({"y_train": np.zeros((40, 10))}, r"labels of shape \(40, 10\).*argmax"),
+    ({"y_test": np.arange(19) % 10}, r"y_test\): 19 labels for 20 images"),
+    ({"x_train": np.full((40, 28, 28), np.nan, np.float32)}, r"NaN or infinite"),
+    ({"x_train": np.random.default_rng(1).random((40, 28, 28))}, r"expected uint8 pixels 0..255, got float64.*\* 255"),
+    ({"x_train": np.zeros((40, 5, 28, 28), np.uint8)}, r"not an image layout"),
+])
+def test_bad_arrays_are_refused_with_the_file_and_the_fix(change, msg, tmp_path):
+    from normlab import data
+    root = _npz(tmp_path, **change)
+    with pytest.raises(data.DataError, match=f"{root / 'mnist.npz'}.*{msg}"):
+        data.load("mnist", root=root, download=False)
+
+
+def test_labels_n_by_1_and_integral_floats_are_accepted(tmp_path):
+    from normlab import data
+    ds = data.load("mnist", root=_npz(tmp_path, y_train=(np.arange(40) % 10)[:, None].astype(np.float32)),
+                   download=False)
+    assert ds.y_train.shape == (40,) and ds.y_train.tolist() == [i % 10 for i in range(40)]
