@@ -104,7 +104,8 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar on a terminal; plain lines every 30 s when stderr is a file or pipe.")
 @click.option("--tensorboard", is_flag=True,
-              help="Also write the metrics as TensorBoard scalars to OUT/tensorboard (needs `pip install tensorboard`).")
+              help="Also write the metrics as TensorBoard scalars to OUT/tensorboard (needs `pip install "
+                   "tensorboard`).")
 def train(**opts) -> None:
     """Train one model and write metrics.jsonl, checkpoints and summary.json into --out."""
     from pathlib import Path

@@ -79,6 +79,7 @@ def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, h
 def spawn(cfg, out_dir: str, hooks, resume: bool, overwrite: bool = False, tensorboard: bool = False) -> None:
     """Run train() in cfg.nproc fresh processes on loopback; returns when all have finished (raises if one fails)."""
     import torch.multiprocessing as mp
-    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume, overwrite, tensorboard)
+    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume, overwrite,
+            tensorboard)
     mp.start_processes(_worker, args=args,
                        nprocs=cfg.nproc, join=True, start_method="spawn")

@@ -369,6 +369,5 @@ def _save(cfg: TrainConfig, out: Path, model: nn.Module, opt: torch.optim.Optimi
         return
     flush(True)   # the rows the checkpoint counts are on disk before it is
     ckpt.save_atomic({"version": 1, "step": step, "done": done, "diverged": diverged, "elapsed": elapsed,
-                      "loss0": loss0,
-                      "acc": dict(acc), "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt.rng_state(),
-                      "config": cfg.canonical()}, out / CHECKPOINT)
+                      "loss0": loss0, "acc": dict(acc), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "rng": ckpt.rng_state(), "config": cfg.canonical()}, out / CHECKPOINT)

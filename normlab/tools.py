@@ -320,7 +320,8 @@ def fuse_bn(model: nn.Module, strict: bool = True, pairs: list[tuple[str, str]] 
     slots, where = _slots(model)
     folds = _fold_plan(model, slots, where, pairs or [], is_norm)
     folded = {(id(bp), ba) for _, _, bp, ba, _, _ in folds}
-    loose = [path for path, parent, attr in slots if is_norm(parent._modules[attr]) and (id(parent), attr) not in folded]
+    loose = [path for path, parent, attr in slots
+             if is_norm(parent._modules[attr]) and (id(parent), attr) not in folded]
     if strict and loose:
         raise ValueError(f"fuse_bn: BN layer(s) {', '.join(map(_name, loose))} do not directly follow a Conv, "
                          f"ConvTranspose or Linear in an nn.Sequential (nor appear in pairs=); pass strict=False to "
@@ -364,8 +365,8 @@ def _slots(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str]], dict[int
 
 
 def _fold_plan(model: nn.Module, slots: list, where: dict, pairs: list, is_norm) -> list[tuple]:
-    """[(layer_parent, layer_attr, bn_parent, bn_attr, layer_path, bn_path)]: the Sequential neighbours (layer, BN) and the named
-    pairs, once each. A named pair's layer must be used in one place only: the forward that calls it by name would
+    """[(layer_parent, layer_attr, bn_parent, bn_attr, layer_path, bn_path)]: the Sequential neighbours (layer, BN)
+    and the named pairs, once each. A named pair's layer must be used in one place only: the forward that calls it by name would
     read the folded layer everywhere it is used."""
     plan: list[tuple] = []
     taken: set[tuple[int, str]] = set()
