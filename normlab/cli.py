@@ -11,10 +11,34 @@ def main() -> None:
 
 
 def _check_norm(ctx, param, value: str) -> str:
+    """The spec's name here; its ':' argument is checked by the factory on the model's real layers (check_model)."""
     from .layers.factory import valid_specs
     if value.strip().lower().partition(":")[0] not in valid_specs():
         raise click.BadParameter(f"unknown norm {value!r}; valid: {', '.join(valid_specs())} (some take ':N', e.g. gn:8)")
     return value
+
+
+def _check_only(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    ids = [v.strip() for item in values for v in item.split(",")]
+    if any(not v for v in ids):
+        raise click.BadParameter(f"empty experiment id in {list(values)}; give ids (see --list) or leave --only out "
+                                 f"to run them all")
+    return tuple(ids)
+
+
+def _default_threads(jobs: int) -> int | None:
+    """--threads default: OMP_NUM_THREADS when set (per worker), else None (cores // jobs in the runner)."""
+    import os
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw.split(",")[0])
+    except ValueError:
+        raise click.UsageError(f"OMP_NUM_THREADS={raw!r}: expected a positive integer") from None
+    if n < 1:
+        raise click.UsageError(f"OMP_NUM_THREADS={raw!r}: expected a positive integer")
+    return n
 
 
 def _check_positive(ctx, param, value: float) -> float:
@@ -52,11 +76,13 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--gamma", type=click.FloatRange(min=0), default=0.1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=60, show_default=True, help="Global batch size.")
 @click.option("--steps", type=click.IntRange(min=0), default=2000, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Evaluate train/test accuracy every N steps (0: only at start and end).")
 @click.option("--eval-samples", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Size of the fixed train and test subsets used for accuracy (0: whole split).")
+@click.option("--log-every", type=click.IntRange(min=0), default=10, show_default=True,
+              help="A metrics row (loss, mean loss, lr) every N steps between evaluations (0: only at evaluations).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
 @click.option("--init", type=click.Choice(["default", "glorot", "ioffe", "gaussian"]), default="default",
               show_default=True, help="Weight init scheme.")
@@ -67,16 +93,27 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--deterministic", is_flag=True, help="torch.use_deterministic_algorithms for the run.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output dir [default: runs/MODEL-NORM-DATASET-sSEED].")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when there is one.")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/checkpoint.pt (--steps may grow; display, logging and checkpoint options may "
+                   "change).")
+@click.option("--overwrite", is_flag=True, help="Delete the run already in OUT and start over.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on CUDA).")
 @click.option("--sync-bn", is_flag=True, help="With --nproc > 1: normlab SyncBatchNorm (global batch statistics).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar on a terminal; plain lines every 30 s when stderr is a file or pipe.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write the metrics as TensorBoard scalars to OUT/tensorboard (needs `pip install "
+                   "tensorboard`).")
 def train(**opts) -> None:
     """Train one model and write metrics.jsonl, checkpoints and summary.json into --out."""
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError
     from .data import DataError
-    from .train import ConfigError, TrainConfig, train as run_train
+    from .records import InUseError, describe_os_error
+    from .train import ConfigError, TrainConfig, check_model, train as run_train
     try:
         milestones = tuple(int(s) for s in opts.pop("milestones").split(",") if s.strip())
     except ValueError:
@@ -84,18 +121,52 @@ def train(**opts) -> None:
     if opts["device"] not in ("auto", "cpu", "cuda") and not opts["device"].startswith("cuda:"):
         raise click.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {opts['device']!r}", param_hint="--device")
     out = opts.pop("out") or f"runs/{opts['model']}-{opts['norm']}-{opts['dataset']}-s{opts['seed']}"
-    resume = opts.pop("resume")
+    resume, overwrite, tensorboard = opts.pop("resume"), opts.pop("overwrite"), opts.pop("tensorboard")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    if resume and not any((Path(out) / n).exists() for n in ("checkpoint.pt", "summary.json")):
+        raise click.UsageError(f"--resume: {out} has no checkpoint.pt to continue from; drop --resume to start "
+                               f"the run")
     cfg = TrainConfig(lr_milestones=milestones, lr_gamma=opts.pop("gamma"), model_kw=opts.pop("model_kw"), **opts)
-    try:
-        summary = run_train(cfg, out, resume=resume)
-    except (ConfigError, DataError) as e:
+    try:   # every value checked by the code that will use it, before any data loads
+        for note in check_model(cfg.validate()):
+            click.echo(f"note: {note}", err=True)
+    except ConfigError as e:
         raise click.UsageError(str(e))
+    try:
+        summary = run_train(cfg, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
+    except (ConfigError, DataError, CheckpointError) as e:
+        raise click.UsageError(str(e))
+    except InUseError as e:
+        raise click.ClickException(str(e))
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e))
+    except KeyboardInterrupt:
+        raise SystemExit(_interrupted(out)) from None
     final = summary["final"]
     msg = (f"{summary['status']}" + (f" (diverged at step {summary['diverged_at']})" if summary["diverged_at"] is not None
                                      else "") + f": {summary['steps_done']} steps in {summary['wall_time_s']:.1f} s")
     if final.get("test_acc") is not None:
         msg += f", train acc {final['train_acc']:.4f}, test acc {final['test_acc']:.4f}"
     click.echo(f"{msg}; peak RSS {summary['peak_rss_mb']:.0f} MB; results in {out}")
+
+
+def _interrupted(out: str) -> int:
+    """Ctrl-C during `normlab train`: say what was kept and how to go on; returns the exit status (130)."""
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    try:
+        step = load_checkpoint(Path(out) / "checkpoint.pt")["step"]
+    except (OSError, CheckpointError):
+        step = None
+    if step is None:
+        click.echo(f"\ninterrupted before the first checkpoint: nothing to resume; rerun with --overwrite to start "
+                   f"over (or a smaller --checkpoint-every)", err=True)
+    else:
+        click.echo(f"\ninterrupted: {out} keeps the checkpoint at step {step}; rerun the same command with --resume "
+                   f"to continue from there", err=True)
+    return 130
 
 
 def _floats(ctx, param, value: str) -> tuple[float, float]:
@@ -170,15 +241,18 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
 @main.command()
 @click.option("--scale", type=click.Choice(["quick", "paper", "smoke"]), default="quick", show_default=True,
               help="quick: minutes on a 2-core CPU; paper: the papers' setups (GPU); smoke: seconds, for tests.")
-@click.option("--only", multiple=True, metavar="ID", help="Experiment id(s) to run (repeat or comma-separate).")
+@click.option("--only", multiple=True, metavar="ID", callback=_check_only,
+              help="Experiment id(s) to run (repeat or comma-separate).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [out/reproduce-SCALE].")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per variant [3 at quick scale].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker processes (each with cores/jobs torch threads).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per worker [$OMP_NUM_THREADS if set, else cores // jobs].")
 @click.option("--list", "list_", is_flag=True, help="List the experiment ids and exit.")
 def reproduce(scale: str, only: tuple[str, ...], out: str | None, seeds: int | None, device: str, jobs: int,
-              list_: bool) -> None:
+              threads: int | None, list_: bool) -> None:
     """Reproduce the papers' experiments: runs (cached by config hash, resumable), figures, verdicts, report."""
     from . import experiments as ex
     if list_:
@@ -186,15 +260,22 @@ def reproduce(scale: str, only: tuple[str, ...], out: str | None, seeds: int | N
             e = ex.get(i)
             click.echo(f"{i:22s} {e.source}")
         return
-    _reproduce(ex, scale, only, out or f"out/reproduce-{scale}", seeds, device, jobs)
+    _reproduce(ex, scale, only, out or f"out/reproduce-{scale}", seeds, device, jobs,
+               threads or _default_threads(jobs))
 
 
-def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, jobs: int) -> None:
+def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, jobs: int,
+               threads: int | None = None) -> None:
+    from .records import InUseError, describe_os_error
     try:
         chosen = ex.resolve(list(only))
-        res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs)
+        res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs, threads=threads)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+    except InUseError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e)) from None
     except KeyboardInterrupt:
         raise SystemExit(130)
     click.echo("\n" + ex.verdict_table(out))
@@ -210,7 +291,7 @@ def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, j
 def demo(out: str, jobs: int) -> None:
     """The main job on offline data (make demo): quick reproduction of a representative subset, then the report."""
     from . import experiments as ex
-    _reproduce(ex, "quick", ex.DEMO, out, None, "cpu", jobs)
+    _reproduce(ex, "quick", ex.DEMO, out, None, "cpu", jobs, _default_threads(jobs))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+LOCKED_DIR_ENV = "NORMLAB_LOCKED_DIR"   # set for spawned ranks: their parent holds the run directory's lock
 
 
 def env_world() -> tuple[int, int, int]:
@@ -61,19 +64,22 @@ def broadcast_model(model: torch.nn.Module) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, hooks, resume: bool) -> None:
+def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, hooks, resume: bool,
+            overwrite: bool = False, tensorboard: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
+    os.environ[LOCKED_DIR_ENV] = str(Path(out_dir).resolve())
     # N processes on one machine share its cores: without this each would start a full-size thread pool and they
     # would oversubscribe the CPU (collectives then wait on descheduled peers)
     torch.set_num_threads(max(1, threads // world))
     from .train import train
-    train(cfg, out_dir, hooks if rank == 0 else (), resume=resume)
+    train(cfg, out_dir, hooks if rank == 0 else (), resume=resume, overwrite=overwrite, tensorboard=tensorboard)
 
 
-def spawn(cfg, out_dir: str, hooks, resume: bool) -> None:
+def spawn(cfg, out_dir: str, hooks, resume: bool, overwrite: bool = False, tensorboard: bool = False) -> None:
     """Run train() in cfg.nproc fresh processes on loopback; returns when all have finished (raises if one fails)."""
     import torch.multiprocessing as mp
-    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume)
+    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume, overwrite,
+            tensorboard)
     mp.start_processes(_worker, args=args,
                        nprocs=cfg.nproc, join=True, start_method="spawn")

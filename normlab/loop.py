@@ -18,8 +18,9 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import models
-from .train import (CHECKPOINT, DIAGNOSTICS, EVAL_SUBSET_SEED, METRICS, SUMMARY, ConfigError, StepContext,
-                    TrainConfig, _dataset, _hook_name, _rows, evaluate, lr_at, make_optimizer, resolve_device)
+from .train import (CHECKPOINT, DIAGNOSTICS, EVAL_SUBSET_SEED, METRICS, NON_RESULT_FIELDS, SUMMARY, ConfigError,
+                    StepContext, TrainConfig, _dataset, _hook_name, _rows, evaluate, lr_at, make_optimizer,
+                    resolve_device, resume_mismatch)
 
 
 class _Batches:
@@ -78,33 +79,109 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local_rank: int, world: int) -> dict:
+def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local_rank: int, world: int,
+        overwrite: bool = False, tensorboard: bool = False) -> dict:
     device = resolve_device(cfg.device, local_rank)
+    state = _resume_state(cfg, out, resume, overwrite)
     if world > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist_mod.init(device, cfg.dist_timeout)
     lead = rank == 0
     hooks = hooks if lead else []   # hooks run on rank 0 only
-    ckpt_path = out / CHECKPOINT
-    state = ckpt.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if state is not None and state["config"] != cfg.canonical():
-        diff = sorted(k for k, v in cfg.canonical().items() if state["config"].get(k) != v)
-        raise ConfigError(f"resume: {ckpt_path} was written by a different config (fields {', '.join(diff)} differ)")
     prev_det = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
-        return _run(cfg, out, hooks, state, device, rank, world, lead)
+        return _run(cfg, out, hooks, state, device, rank, world, lead, overwrite, tensorboard)
     finally:
         torch.use_deterministic_algorithms(prev_det)
         if world > 1:
             dist_mod.shutdown()
 
 
+def _resume_state(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to continue from (resume=True), checked against cfg; None for a fresh run.
+
+    Errors: resume with records but no checkpoint; a checkpoint of another config (result-changing fields only);
+    fewer steps than the checkpoint has done; extending a run that diverged."""
+    ckpt_path = out / CHECKPOINT
+    if not resume:
+        return None
+    if not ckpt_path.exists():
+        left = [n for n in (METRICS, SUMMARY) if (out / n).exists()]
+        if left and not overwrite:
+            raise ConfigError(f"resume: {out} holds {', '.join(left)} but no {CHECKPOINT} to continue from (the run "
+                              f"had checkpoint_every=0 or was stopped before its first checkpoint); run again "
+                              f"without --resume and with --overwrite to start it over")
+        return None
+    state = ckpt.load_checkpoint(ckpt_path)
+    diff = resume_mismatch(state["config"], cfg)
+    if diff:
+        shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.canonical().get(k)!r}" for k in diff)
+        raise ConfigError(f"resume: {ckpt_path} was written by a different config (fields {', '.join(diff)} "
+                          f"differ: {shown}); only {', '.join(NON_RESULT_FIELDS)} may change on resume")
+    if cfg.steps < state["step"]:
+        raise ConfigError(f"steps: {cfg.steps} is fewer than the {state['step']} steps {ckpt_path} has done; on "
+                          f"resume --steps may only stay or grow")
+    if state.get("diverged") and cfg.steps > state["step"]:
+        raise ConfigError(f"steps: the run in {out} diverged at step {state['step']}; it cannot be extended")
+    return state
+
+
+PLAIN_PROGRESS_S = 30.0   # seconds between plain progress lines when stderr is not a terminal (nohup, batch jobs)
+
+
+class _PlainProgress:
+    """One line on stderr every PLAIN_PROGRESS_S seconds and at the end, for logs that are files, not terminals:
+    'normlab train: step 400/2000 (20%), loss 0.41, test acc 0.91, 35.2 steps/s, ~45s left'."""
+
+    def __init__(self, cfg: TrainConfig, start: int) -> None:
+        self.cfg, self.start = cfg, start
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, done: int, loss: float | None, row: dict) -> None:
+        now = time.monotonic()
+        if now - self.last < PLAIN_PROGRESS_S and done != self.cfg.steps:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        line = f"normlab train: step {done}/{self.cfg.steps} ({100 * done // max(1, self.cfg.steps)}%)"
+        if loss is not None:
+            line += f", loss {loss:.4g}"
+        if row.get("test_acc") is not None:
+            line += f", test acc {row['test_acc']:.4f} (step {row['step']})"
+        line += f", {rate:.1f} steps/s"
+        if done < self.cfg.steps and rate > 0:
+            line += f", ~{(self.cfg.steps - done) / rate:.0f}s left"
+        print(line, file=sys.stderr, flush=True)
+
+
+class _TensorBoard:
+    """The metrics rows as TensorBoard scalars in OUT/tensorboard (torch.utils.tensorboard; needs the optional
+    `tensorboard` package). metrics.jsonl stays the record; this is a view of it."""
+
+    def __init__(self, out: Path, start: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ConfigError(f"tensorboard: torch.utils.tensorboard cannot be imported ({e}); install the optional "
+                              f"extra: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
+
+    def rows(self, rows: list[dict]) -> None:
+        for r in rows:
+            for k, v in r.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(k, v, r["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: torch.device, rank: int, world: int,
-         lead: bool) -> dict:
+         lead: bool, overwrite: bool = False, tensorboard: bool = False) -> dict:
     _seed_all(cfg.seed)
     ds = _dataset(cfg)
     x_train, y_train = ds.x_train, ds.y_train
@@ -145,16 +222,22 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
             ckpt.append_jsonl_atomic(metrics_path, rows, rewrite=True)
             diag = [r for r in ckpt.read_jsonl(diag_path) if r["step"] < start]
             ckpt.append_jsonl_atomic(diag_path, diag, rewrite=True)
+        if lead and state["step"] < cfg.steps and (out / SUMMARY).exists():
+            (out / SUMMARY).unlink()   # extending a finished run (--steps grew): it is no longer finished
     elif lead:
-        for p in (metrics_path, diag_path, out / CHECKPOINT, out / SUMMARY):
-            if p.exists():
-                p.unlink()
+        existing = [p for p in (metrics_path, diag_path, out / CHECKPOINT, out / SUMMARY) if p.exists()]
+        if existing and not overwrite:
+            raise ConfigError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); pass --resume to "
+                              f"continue it, or --overwrite to delete it and start over")
+        for p in existing:
+            p.unlink()
         ckpt.write_json_atomic(out / "config.json", cfg.to_dict())
     if lead and cfg.verbose:
         print(f"normlab train: {ds.name} from {ds.source}; model {cfg.model} norm {cfg.norm} on {device}"
               + (f" x{world} processes" if world > 1 else "") + (f"; resuming at step {start}" if state else ""),
               file=sys.stderr)
 
+    tb = _TensorBoard(out, start) if tensorboard and lead else None
     pending: list[dict] = []     # rows not yet flushed to disk
     diag_pending: list[dict] = []
     acc = {"loss_sum": 0.0, "loss_n": 0, "last_loss": None}   # running loss since the last row (checkpointed)
@@ -175,9 +258,11 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
         r["time"] = round(time.perf_counter() - t_run, 4)
         return r
 
-    def flush() -> None:
-        ckpt.append_jsonl_atomic(metrics_path, pending)
-        ckpt.append_jsonl_atomic(diag_path, diag_pending)
+    def flush(sync: bool = False) -> None:
+        if tb is not None:
+            tb.rows(pending)
+        ckpt.append_jsonl_atomic(metrics_path, pending, fsync=sync)
+        ckpt.append_jsonl_atomic(diag_path, diag_pending, fsync=sync)
         rows.extend(pending)
         pending.clear()
         diag_pending.clear()
@@ -189,6 +274,7 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead and sys.stderr.isatty()),
                mininterval=0.5, dynamic_ncols=True, desc=f"{cfg.model}/{cfg.norm}")
+    plain = _PlainProgress(cfg, start) if cfg.progress and lead and not sys.stderr.isatty() else None
     lr = lr_at(cfg, start)
     for g in opt.param_groups:
         g["lr"] = lr
@@ -240,6 +326,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
                     diag_pending.append({"step": t, "hook": _hook_name(h), **r})
         opt.step()
         bar.update(1)
+        if plain is not None:
+            plain.step(done, acc["last_loss"], rows[-1] if rows else {})
         if lead and (at_eval or at_log or done == cfg.steps):
             pending.append(row(done, bool(at_eval) or done == cfg.steps))
             if at_eval or done == cfg.steps:
@@ -248,6 +336,8 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
         if at_ckpt and done < cfg.steps:
             _save(cfg, out, model, opt, done, time.perf_counter() - t_run, loss0, acc, lead, flush, False)
     bar.close()
+    if tb is not None:
+        tb.close()
     wall = time.perf_counter() - t_run
     if diverged_at is not None and lead:
         pending.append({"step": diverged_at, "loss": acc["last_loss"], "diverged": True, "lr": lr,
@@ -268,16 +358,17 @@ def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: t
     if lead:
         ckpt.write_json_atomic(out / SUMMARY, summary)
         if cfg.checkpoint_every:
-            _save(cfg, out, model, opt, summary["steps_done"], wall, loss0, acc, lead, flush, True)
+            _save(cfg, out, model, opt, summary["steps_done"], wall, loss0, acc, lead, flush, True,
+                  diverged_at is not None)
     return summary
 
 
 def _save(cfg: TrainConfig, out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float,
-          loss0: float | None, acc: dict, lead: bool, flush: Callable, done: bool) -> None:
+          loss0: float | None, acc: dict, lead: bool, flush: Callable, done: bool, diverged: bool = False) -> None:
     """Flush rows, then write the checkpoint (rank 0 only; every rank holds the same weights)."""
     if not lead:
         return
-    flush()
-    ckpt.save_atomic({"version": 1, "step": step, "done": done, "elapsed": elapsed, "loss0": loss0,
-                      "acc": dict(acc), "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt.rng_state(),
-                      "config": cfg.canonical()}, out / CHECKPOINT)
+    flush(True)   # the rows the checkpoint counts are on disk before it is
+    ckpt.save_atomic({"version": 1, "step": step, "done": done, "diverged": diverged, "elapsed": elapsed,
+                      "loss0": loss0, "acc": dict(acc), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "rng": ckpt.rng_state(), "config": cfg.canonical()}, out / CHECKPOINT)

@@ -286,12 +286,9 @@ def _fold(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
     else:  # Conv (out, in / groups, *k) and Linear (out, in): output channels on dim 0
         new_w = w.detach().double() * a.view(-1, *[1] * (w.dim() - 1))
     b0 = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(a)
-    with torch.no_grad():
-        w.copy_(new_w.to(w.dtype))
-        if layer.bias is None:
-            layer.bias = nn.Parameter((b0 * a + b).to(device=w.device, dtype=w.dtype))
-        else:
-            layer.bias.copy_((b0 * a + b).to(layer.bias.dtype))
+    # new Parameters rather than in-place copies: a weight tied to another layer's keeps its value there
+    layer.weight = nn.Parameter(new_w.to(w.dtype), requires_grad=w.requires_grad)
+    layer.bias = nn.Parameter((b0 * a + b).to(device=w.device, dtype=w.dtype), requires_grad=w.requires_grad)
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -314,42 +311,93 @@ def fuse_bn(model: nn.Module, strict: bool = True, pairs: list[tuple[str, str]] 
     Raises ValueError for a BN in training mode or without running statistics, and (strict=True, the default) for a
     BN that follows no foldable layer; strict=False leaves such BNs in place.
     """
-    model = copy.deepcopy(model)
-    modules = dict(model.named_modules())
+    model = copy.deepcopy(model)   # deepcopy keeps the sharing: a module used twice is one object in the copy
     is_norm = lambda m: _is_bn(m) or isinstance(m, layers.FrozenBatchNorm)   # noqa: E731
-    for name, m in modules.items():
+    for name, m in model.named_modules():
         if _is_bn(m) and m.training:
             raise ValueError(f"{_name(name)}: BN in training mode normalizes with batch statistics; call "
                              f"model.eval() before fuse_bn")
-    found: list[tuple[str, str]] = []
-    for seq_name, seq in modules.items():
-        if isinstance(seq, nn.Sequential):
-            kids = [(f"{seq_name}.{n}" if seq_name else n, m) for n, m in seq.named_children()]
-            for (ln, layer), (bn_name, bn) in zip(kids, kids[1:]):
-                if type(layer) in _FOLDABLE and is_norm(bn):
-                    found.append((ln, bn_name))
-    for ln, bn_name in pairs or []:
-        for n in (ln, bn_name):
-            if n not in modules:
-                raise ValueError(f"pairs: no module named {n!r} in the model")
-        if type(modules[ln]) not in _FOLDABLE or not is_norm(modules[bn_name]):
-            raise ValueError(f"pairs: ({ln!r}, {bn_name!r}) is not (Conv/ConvTranspose/Linear, BN): got "
-                             f"({type(modules[ln]).__name__}, {type(modules[bn_name]).__name__})")
-        if (ln, bn_name) not in found:
-            found.append((ln, bn_name))
-    folded = {bn_name for _, bn_name in found}
-    loose = [n for n, m in modules.items() if is_norm(m) and n not in folded]
+    slots, where = _slots(model)
+    folds = _fold_plan(model, slots, where, pairs or [], is_norm)
+    folded = {(id(bp), ba) for _, _, bp, ba, _, _ in folds}
+    loose = [path for path, parent, attr in slots
+             if is_norm(parent._modules[attr]) and (id(parent), attr) not in folded]
     if strict and loose:
         raise ValueError(f"fuse_bn: BN layer(s) {', '.join(map(_name, loose))} do not directly follow a Conv, "
                          f"ConvTranspose or Linear in an nn.Sequential (nor appear in pairs=); pass strict=False to "
                          f"leave them unfused")
-    for ln, bn_name in found:
-        layer, bn = modules[ln], modules[bn_name]
+    for lp, la, _, _, _, _ in folds:
+        layer = lp._modules[la]
+        if len(where[id(layer)]) > 1:   # a layer used in several places: this place gets its own (unfused) copy
+            setattr(lp, la, copy.deepcopy(layer))
+    for lp, la, bp, ba, layer_path, bn_path in folds:
+        layer, bn = lp._modules[la], bp._modules[ba]
         if _out_channels(layer) != bn.num_features:
-            raise ValueError(f"{_name(bn_name)}: num_features={bn.num_features} but {ln!r} has "
+            raise ValueError(f"{_name(bn_path)}: num_features={bn.num_features} but {layer_path!r} has "
                              f"{_out_channels(layer)} output channels")
-        a, b = _eval_affine(bn_name, bn)
+        a, b = _eval_affine(bn_path, bn)
         _fold(layer, a.to(layer.weight.device), b.to(layer.weight.device))
-        parent, _, attr = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+        setattr(bp, ba, nn.Identity())   # this place only: a BN used elsewhere too stays there
     return model
+
+
+def _slots(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str]], dict[int, list[str]]]:
+    """Every place a module sits in the tree, shared modules included: [(path, parent, attribute)], and per module
+    id the paths of all its places. (named_modules() lists a shared module once, under its first name.) The children
+    of a shared container are listed once: they are the same places whichever way the container is reached."""
+    slots: list[tuple[str, nn.Module, str]] = []
+    where: dict[int, list[str]] = {}
+    seen: set[int] = set()
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        for attr, child in module._modules.items():
+            if child is None:
+                continue
+            path = f"{prefix}.{attr}" if prefix else attr
+            slots.append((path, module, attr))
+            where.setdefault(id(child), []).append(path)
+            walk(path, child)
+    walk("", model)
+    return slots, where
+
+
+def _fold_plan(model: nn.Module, slots: list, where: dict, pairs: list, is_norm) -> list[tuple]:
+    """[(layer_parent, layer_attr, bn_parent, bn_attr, layer_path, bn_path)]: the Sequential neighbours (layer, BN)
+    and the named pairs, once each. A named pair's layer must be used in one place only: the forward that calls it by name would
+    read the folded layer everywhere it is used."""
+    plan: list[tuple] = []
+    taken: set[tuple[int, str]] = set()
+    parents = {id(p): (p, path.rpartition(".")[0]) for path, p, _ in slots}
+    parents.setdefault(id(model), (model, ""))
+    for seq, prefix in parents.values():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = [(a, m) for a, m in seq._modules.items() if m is not None]
+        for (la, layer), (ba, bn) in zip(kids, kids[1:]):
+            if type(layer) in _FOLDABLE and is_norm(bn) and (id(seq), ba) not in taken:
+                taken.add((id(seq), ba))
+                plan.append((seq, la, seq, ba, f"{prefix}.{la}" if prefix else la, f"{prefix}.{ba}" if prefix else ba))
+    for ln, bn_name in pairs:
+        found = []
+        for n in (ln, bn_name):
+            parent_name, _, attr = n.rpartition(".")
+            try:
+                parent = model.get_submodule(parent_name)
+                found.append((parent, attr, parent._modules[attr]))
+            except (AttributeError, KeyError):
+                raise ValueError(f"pairs: no module named {n!r} in the model") from None
+        (lp, la, layer), (bp, ba, bn) = found
+        if type(layer) not in _FOLDABLE or not is_norm(bn):
+            raise ValueError(f"pairs: ({ln!r}, {bn_name!r}) is not (Conv/ConvTranspose/Linear, BN): got "
+                             f"({type(layer).__name__}, {type(bn).__name__})")
+        if len(where[id(layer)]) > 1:
+            raise ValueError(f"pairs: {ln!r} is one module used in {len(where[id(layer)])} places "
+                             f"({', '.join(where[id(layer)])}); folding it would change every place; give each "
+                             f"place its own layer (copy.deepcopy) before fuse_bn")
+        if (id(bp), ba) not in taken:
+            taken.add((id(bp), ba))
+            plan.append((lp, la, bp, ba, ln, bn_name))
+    return plan

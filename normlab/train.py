@@ -7,6 +7,7 @@ summary.json at the end. docs/training.md describes the files and the resume rul
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,9 +21,11 @@ from torch import nn
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import models
+from . import records
 from .layers.factory import valid_specs
 
-__all__ = ["TrainConfig", "StepContext", "ConfigError", "train", "evaluate", "resolve_device"]
+__all__ = ["TrainConfig", "StepContext", "ConfigError", "train", "evaluate", "resolve_device", "resume_mismatch",
+           "NON_RESULT_FIELDS", "check_model", "check_model_kw", "model_kw_defaults"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -31,8 +34,105 @@ SUMMARY = "summary.json"
 EVAL_SUBSET_SEED = 1234   # the fixed train/test subsets for accuracy do not depend on the run's seed
 
 
+MAX_SEED = 2**32 - 1
+
+
 class ConfigError(ValueError):
     """A bad TrainConfig value; the message names the field and the expected form."""
+
+
+# What models.build passes itself; the other parameters of a model's constructor are its model_kw.
+_BUILD_SUPPLIES = {"self", "in_features", "in_shape", "num_classes", "norm", "d"}
+_BUILD_EXTRAS = {"init_std": 0.1}               # every model: the std of the gaussian/ioffe init
+_MODEL_CLASSES = {"mlp": "MLP", "vgg": "VGG", "linear": "DeepLinear", "resnet": "ResNet"}
+
+
+def model_kw_defaults(model: str) -> dict[str, Any]:
+    """The keywords `model` takes in model_kw and their defaults, read from its constructor's signature."""
+    import inspect
+    cls = getattr(models, _MODEL_CLASSES[model])
+    kw = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n not in _BUILD_SUPPLIES}
+    kw.update(_BUILD_EXTRAS)
+    if model == "resnet":
+        kw["zero_init_residual"] = True   # read by models.build itself
+    return kw
+
+
+def _kw_ok(value: Any, default: Any) -> str | None:
+    """None when `value` has the form of the parameter whose default is `default`, else the expected form."""
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                      for v in value)
+        return None if ok else "a list of positive integers, e.g. [100,100]"
+    if isinstance(default, int):
+        low = 0 if default == 0 else 1
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else f"an integer >= {low}"
+    if isinstance(default, float):
+        return None if num(value) and value > 0 else "a finite number > 0"
+    if isinstance(default, str):   # a name the model checks itself (VGG's cfg may also be a list)
+        return None if isinstance(value, (str, list)) else "a name (string)"
+    return None
+
+
+def check_model_kw(model: str, kw: dict) -> None:
+    """ConfigError when model_kw has a keyword `model`'s constructor does not take, or a value of the wrong form."""
+    if model not in _MODEL_CLASSES:
+        return
+    known = model_kw_defaults(model)
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        raise ConfigError(f"model_kw: {', '.join(unknown)} is not a keyword of model {model!r}; valid: "
+                          + ", ".join(f"{k}={json.dumps(v) if not isinstance(v, float) else v}"
+                                      for k, v in known.items()))
+    for k, v in kw.items():
+        want = _kw_ok(v, known[k])
+        if want is not None:
+            raise ConfigError(f"model_kw: {k} expected {want}, got {v!r}")
+
+
+IN_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-5k": (1, 28, 28), "cifar10": (3, 32, 32),
+             "synthetic-linear": (10,)}   # one input's shape per dataset, known without loading it
+
+
+def check_model(cfg: "TrainConfig") -> list[str]:
+    """Build cfg's model on its dataset's input shape (no data loaded) and, for a batch of at most 16 per process,
+    run one forward pass of zeros in train mode: catches a bad norm spec for the model's real channel counts
+    (gn:7 on 100 features), model_kw values the model refuses, and too few samples per batch for batch statistics
+    (--batch-size 1 with bn) before the data loads. Raises ConfigError naming the field; returns notes on what
+    the factory adapted (gn:G on a layer with fewer than G channels gets one group per channel)."""
+    from .layers import factory
+    shape = IN_SHAPES.get(cfg.dataset)
+    if shape is None:
+        return []
+    classes = shape[0] if cfg.model == "linear" else 10
+    try:
+        models.build(cfg.model, "none", shape, classes, cfg.init, **dict(cfg.model_kw))
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"model_kw: model {cfg.model!r} cannot be built with {cfg.model_kw}: {e}") from None
+    try:
+        model = models.build(cfg.model, cfg.norm, shape, classes, cfg.init, **dict(cfg.model_kw))
+    except (ValueError, TypeError, RuntimeError) as e:
+        forms = ", ".join(factory._FORMS.get(n, n) for n in valid_specs())
+        raise ConfigError(f"norm: {cfg.norm!r} does not fit model {cfg.model!r}: {e} (valid forms: {forms})") from None
+    local = cfg.batch_size // max(1, cfg.nproc)
+    if local <= 16:
+        try:
+            with torch.no_grad():
+                model.train()(torch.zeros(local, *shape))
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(f"batch_size: {local} sample(s) per process is too few for norm {cfg.norm!r} on "
+                              f"model {cfg.model!r} ({str(e).splitlines()[0]}); use a larger --batch-size") from None
+    name, _, arg = cfg.norm.strip().lower().partition(":")
+    groups = int(arg) if name == "gn" and arg.isdigit() else 32 if name == "gn" else None
+    small = [m.num_channels for m in model.modules() if groups and getattr(m, "num_groups", groups) < groups]
+    if small:
+        return [f"norm {cfg.norm}: {len(small)} layer(s) have fewer than {groups} channels ({min(small)} at least) "
+                f"and get one group per channel there"]
+    return []
 
 
 @dataclass
@@ -93,6 +193,8 @@ class TrainConfig:
         for name in ("steps", "eval_every", "eval_samples", "checkpoint_every", "log_every", "seed", "train_samples"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise bad(name, "an integer >= 0")
+        if self.seed > MAX_SEED:
+            raise bad("seed", f"an integer from 0 to {MAX_SEED} (NumPy's seed range)")
         if self.batch_size % self.nproc:
             raise bad("batch_size", f"a multiple of nproc={self.nproc} (the global batch is split evenly)")
         if self.schedule not in ("constant", "step"):
@@ -105,6 +207,7 @@ class TrainConfig:
             raise bad("diverge_loss", "a positive number or None")
         if not isinstance(self.model_kw, dict):
             raise bad("model_kw", "a dict of keyword arguments for models.build")
+        check_model_kw(self.model, self.model_kw)
         return self
 
     def to_dict(self) -> dict:
@@ -219,22 +322,60 @@ def _rows(result: Any) -> list[dict]:
     return list(result)
 
 
-def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable] = (), resume: bool = False) -> dict:
+# Fields that do not change what a run computes (only how it is shown, logged or checkpointed, or which
+# processes' wall clock it takes): a resumed run may change them. `steps` may grow; `device` must keep its kind.
+NON_RESULT_FIELDS = ("progress", "verbose", "eval_every", "checkpoint_every", "log_every", "dist_timeout", "steps",
+                     "device")
+
+
+def _device_kind(spec: Any) -> str:
+    spec = str(spec)
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if spec.startswith("cuda") else "cpu"
+
+
+def resume_mismatch(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The result-changing fields in which a saved config (a checkpoint's or summary's) differs from `cfg`.
+
+    Everything but NON_RESULT_FIELDS must match; the device must be of the same kind ('auto' is what it resolves
+    to here, so 'auto' and 'cpu' match on a machine without CUDA)."""
+    now = cfg.canonical()
+    diff = sorted(k for k, v in now.items() if k not in NON_RESULT_FIELDS and saved.get(k) != v)
+    diff += sorted(k for k in saved if k not in now)   # a field this version does not know
+    if _device_kind(saved.get("device", "auto")) != _device_kind(cfg.device):
+        diff.append("device")
+    return diff
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable] = (), resume: bool = False,
+          overwrite: bool = False, tensorboard: bool = False) -> dict:
     """Train per `cfg`, writing metrics.jsonl, diagnostics.jsonl, checkpoint.pt and summary.json into out_dir.
 
-    resume=True continues from out_dir/checkpoint.pt when there is one (the config must match) and returns the
-    saved summary when the run already finished. Returns the summary dict ("diverged_at" is None or the step).
+    One writer per out_dir: the directory is locked for the run (normlab.records.DirLock); a second train() into it
+    raises records.InUseError naming the process that holds it.
+    resume=True continues from out_dir/checkpoint.pt when there is one (the result-changing fields must match, see
+    NON_RESULT_FIELDS; cfg.steps may be larger than the checkpoint's step), returns the saved summary when the run
+    already finished, and starts afresh in an empty out_dir. A folder with records but no checkpoint is an error.
+    resume=False refuses a folder that already holds a run's records unless overwrite=True (which deletes them).
+    tensorboard=True also writes the metrics rows as TensorBoard scalars to out_dir/tensorboard (optional extra).
+    Returns the summary dict ("diverged_at" is None or the step).
     """
     cfg = cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / SUMMARY).exists():   # summary.json is written once a run has ended: nothing to redo
-        saved = json.loads((out / SUMMARY).read_text())
-        if saved.get("config") == cfg.canonical():
-            return saved
     rank, local_rank, world = dist_mod.env_world()
-    if world == 1 and cfg.nproc > 1:
-        dist_mod.spawn(cfg, str(out), hooks, resume)
-        return json.loads((out / SUMMARY).read_text())
-    from .loop import run   # the loop body lives in its own module (size)
-    return run(cfg, out, list(hooks), resume, rank, local_rank, world)
+    # a --nproc parent holds the lock for its spawned ranks; under torchrun, rank 0 takes it
+    held_by_parent = os.environ.get(dist_mod.LOCKED_DIR_ENV) == str(out.resolve())
+    lock = records.DirLock(out, "normlab train") if rank == 0 and not held_by_parent else contextlib.nullcontext()
+    with lock:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / SUMMARY).exists():   # summary.json is written once a run has ended: nothing to redo
+            saved = records.read_json(out / SUMMARY)
+            old = saved.get("config") if isinstance(saved, dict) else None
+            if isinstance(old, dict) and not resume_mismatch(old, cfg) and old.get("steps") == cfg.steps:
+                return saved
+        if world == 1 and cfg.nproc > 1:
+            dist_mod.spawn(cfg, str(out), hooks, resume, overwrite, tensorboard)
+            return records.read_json(out / SUMMARY)
+        from .loop import run   # the loop body lives in its own module (size)
+        return run(cfg, out, list(hooks), resume, rank, local_rank, world, overwrite, tensorboard)

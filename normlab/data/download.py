@@ -61,6 +61,15 @@ def verify(path: str | Path, sha256: str | None, md5: str | None, shown: str | N
         raise DataError(f"{name}: md5 {got_md5} does not match the expected {md5}")
 
 
+def make_folder(folder: Path) -> None:
+    """mkdir -p, with a DataError naming the folder when it cannot be made (a file in the way, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the data folder ({e.strerror or e}); the data dir (--data, "
+                        f"NORMLAB_DATA or ~/.cache/normlab) must be a writable folder, not a file") from None
+
+
 def fetch(urls: list[str], dest: str | Path, sha256: str | None, md5: str | None,
           opener: Opener | None = None, timeout: float = 30.0) -> Path:
     """Download the first mirror that answers to `dest` (atomically: temp file, verify, rename).
@@ -70,7 +79,7 @@ def fetch(urls: list[str], dest: str | Path, sha256: str | None, md5: str | None
     """
     opener = opener or urllib.request.urlopen
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent)
     errors = []
     for url in urls:
         tmp = dest.with_name(dest.name + f".part{os.getpid()}")

@@ -19,15 +19,26 @@ class DataError(ValueError):
     """A data file is missing, corrupt or truncated; the message names the file and how to get it."""
 
 
-def _read_bytes(path: Path) -> bytes:
+MAX_BYTES = 1 << 30   # no normlab dataset file holds more than 1 GiB once decompressed (CIFAR-10: 184 MB in all)
+
+
+def _read_bytes(path: Path, limit: int = MAX_BYTES) -> bytes:
+    """The file's bytes (gunzipped for .gz), reading at most `limit` + 1 bytes: a gzip bomb is refused after
+    `limit` bytes, not after all of them."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated, "
+                data = f.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or truncated, "
                         f"delete it and fetch it again") from e
+    if len(data) > limit:
+        raise DataError(f"{path}: holds more than {limit:,} bytes{' once decompressed' if path.suffix == '.gz' else ''}"
+                        f", more than any dataset file normlab reads; refusing it (a damaged file or a gzip bomb)")
+    return data
 
 
 # IDX: big-endian magic (0, 0, dtype code, ndim), ndim uint32 sizes, then the data.
@@ -35,22 +46,35 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (optionally .gz) into an array of its own shape, e.g. (60000, 28, 28) uint8."""
+    """Read one IDX file (optionally .gz) into an array of its own shape, e.g. (60000, 28, 28) uint8.
+
+    The header is read first and then exactly the bytes it announces (+1 to detect extra data), so a file whose
+    content does not match its header is refused without decompressing more than the header promised."""
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    want = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != want:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex()})")
+            ndim = magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_TYPES[magic[2]])
+            want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if want > MAX_BYTES:
+                raise DataError(f"{path}: header says shape {shape} ({want:,} bytes), more than the {MAX_BYTES:,} "
+                                f"normlab reads from one file; the header is corrupt")
+            raw = f.read(want + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or truncated, "
+                        f"delete it and fetch it again") from e
+    if len(raw) != want:
         raise DataError(f"{path}: truncated or corrupt IDX file: header says shape {shape} ({want} bytes), "
-                        f"found {len(raw) - header} bytes of data")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+                        f"found {'more' if len(raw) > want else len(raw)} bytes of data")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -87,7 +111,7 @@ def read_idx_set(files: dict[str, Path]) -> dict[str, np.ndarray]:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{files[f'x_{split}']}: {split} images {x.shape} and labels {y.shape} do not match")
-    return arrays
+    return check_arrays(arrays, files["x_train"].parent)
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -100,10 +124,89 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: missing key {e}; expected x_train, y_train, x_test, y_test") from e
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated") from e
+    return check_arrays(arrays, path)
+
+
+# -- validation of loaded arrays -----------------------------------------------------------------------------------
+def _layout(x: np.ndarray, where: str) -> np.ndarray:
+    """Images as (N, H, W) or (N, C, H, W) with C in (1, 3); (N, H, W, C) is recognized and transposed."""
+    if x.ndim == 3:
+        return x
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        return x
+    if x.ndim == 4 and x.shape[3] in (1, 3):   # channels last (Keras/TensorFlow layout)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if x.ndim == 2:
+        side = int(round(x.shape[1] ** 0.5))
+        fix = f"np.reshape(x, (-1, {side}, {side}))" if side * side == x.shape[1] else "reshape them to (N, H, W)"
+        raise DataError(f"{where}: shape {x.shape} holds flat vectors, expected images (N, H, W) or (N, C, H, W); "
+                        f"save them as images: {fix}")
+    raise DataError(f"{where}: shape {x.shape} is not an image layout; expected (N, H, W), (N, C, H, W) or "
+                    f"(N, H, W, C) with C = 1 or 3")
+
+
+def _pixels(x: np.ndarray, where: str) -> np.ndarray:
+    """uint8 pixels 0..255; integer arrays within that range are cast, anything else is refused."""
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{where}: {int((~np.isfinite(x)).sum())} pixel(s) are NaN or infinite; expected uint8 "
+                        f"pixels 0..255")
+    lo, hi = (x.min(), x.max()) if x.size else (0, 0)
+    if np.issubdtype(x.dtype, np.integer) and lo >= 0 and hi <= 255:
+        return x.astype(np.uint8)
+    fix = " (values in [0, 1]: save np.round(x * 255).astype(np.uint8))" if hi <= 1.0 else ""
+    raise DataError(f"{where}: expected uint8 pixels 0..255, got {x.dtype} with values in [{lo}, {hi}]{fix}")
+
+
+def _labels(y: np.ndarray, n: int, num_classes: int, where: str) -> np.ndarray:
+    """Class indices (N,) in 0..num_classes-1; (N, 1) is flattened; integral floats are cast, others refused."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels of shape {y.shape}, expected class indices of shape (N,) (one-hot labels: "
+                        f"save y.argmax(1))")
+    if len(y) != n:
+        raise DataError(f"{where}: {len(y)} labels for {n} images")
+    if np.issubdtype(y.dtype, np.floating):
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise DataError(f"{where}: float labels that are not whole numbers (e.g. {y[y != np.round(y)][:1]}); "
+                            f"expected class indices 0..{num_classes - 1}")
+        y = y.astype(np.int64)
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: labels of dtype {y.dtype}, expected integer class indices")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"{where}: labels in [{y.min()}, {y.max()}], expected class indices 0..{num_classes - 1}")
+    return y.astype(np.uint8) if num_classes <= 256 else y
+
+
+def check_arrays(arrays: dict[str, np.ndarray], source: str | Path, num_classes: int = 10) -> dict[str, np.ndarray]:
+    """Validate (and normalize the layout of) x_train, y_train, x_test, y_test read from `source`.
+
+    Returns uint8 images (N, H, W) or (N, C, H, W) and labels (N,); raises DataError naming the file, the array and
+    the fix for: a layout that is not images (flat vectors, odd ranks), channels-last kept as is (transposed),
+    non-uint8 or out-of-range pixels, non-finite pixels, an empty split, a train split whose channels are constant
+    (normalization would divide by a zero std and training would report a NaN as divergence), train and test
+    images of different shapes, and labels of the wrong shape, dtype or range."""
+    out = {}
     for split in ("train", "test"):
-        if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise DataError(f"{path}: x_{split} and y_{split} have different lengths")
-    return arrays
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        where = f"{source} (x_{split})"
+        if len(x) == 0:
+            raise DataError(f"{where}: no images")
+        x = _pixels(_layout(np.asarray(x), where), where)
+        out[f"x_{split}"] = x
+        out[f"y_{split}"] = _labels(np.asarray(y), len(x), num_classes, f"{source} (y_{split})")
+    if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+        raise DataError(f"{source}: train images are {out['x_train'].shape[1:]} but test images are "
+                        f"{out['x_test'].shape[1:]}; both splits must have one image shape")
+    x = out["x_train"] if out["x_train"].ndim == 4 else out["x_train"][:, None]
+    for c in range(x.shape[1]):
+        lo, hi = x[:, c].min(), x[:, c].max()
+        if lo == hi:
+            raise DataError(f"{source} (x_train): every pixel{f' of channel {c}' if x.shape[1] > 1 else ''} is "
+                            f"{lo}; constant images carry nothing to learn and cannot be normalized (std 0)")
+    return out
 
 
 # -- CIFAR-10 ------------------------------------------------------------------------------------------------------
@@ -168,7 +271,7 @@ def read_cifar_dir(folder: Path) -> dict[str, np.ndarray] | None:
         parts = [reader(base / n) for n in files]
         out[f"x_{split}"] = np.concatenate([p[0] for p in parts])
         out[f"y_{split}"] = np.concatenate([p[1] for p in parts])
-    return out
+    return check_arrays(out, base)
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> None:

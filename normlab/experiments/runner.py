@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -27,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .. import records
 from .base import Experiment, Outcome, Result, Run, Verdict
 
 Echo = Callable[[str], None]
@@ -48,20 +48,31 @@ def run_dir(out: Path, run: Run) -> Path:
 DONE = "done.json"   # written last, atomically: the run is complete exactly when this file exists
 
 
-def load_result(out: Path, run: Run) -> Result | None:
-    """The finished run on disk, or None when its done.json is missing."""
+def load_result(out: Path, run: Run, echo: Echo | None = None) -> Result | None:
+    """The finished run on disk, or None when its done.json is missing or unreadable.
+
+    An unreadable done.json (truncated, not JSON: written by a version without fsync, or damaged) does not block
+    the run: it is renamed to done.json.corrupt and the run is done again (resuming from its checkpoint if any)."""
     d = run_dir(out, run)
     path = d / DONE
     if not path.exists():
         return None
-    return Result(run, d, json.loads(path.read_text()), cached=True)
+    try:
+        summary = records.read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    except ValueError as e:
+        os.replace(path, path.with_name(DONE + ".corrupt"))
+        if echo is not None:
+            echo(f"  {e}: kept as {DONE}.corrupt, the run will be done again")
+        return None
+    return Result(run, d, summary, cached=True)
 
 
 def _write_json(path: Path, obj: object) -> None:
-    """Write atomically: a reader (or a resumed reproduce) sees the whole file or none of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    """Write atomically and durably (unique temp name, fsync, rename): a reader (or a resumed reproduce) sees the
+    whole file or none of it, also after a power cut."""
+    records.atomic_write_json(path, obj, default=str, indent=1)
 
 
 def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
@@ -162,6 +173,12 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
         raise ValueError(f"jobs: expected a positive int, got {jobs!r}")
     out = Path(out)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    with records.DirLock(out, "normlab reproduce"):   # one reproduction per folder: a second one is refused
+        return _reproduce_locked(experiments, scale, out, seeds, device, jobs, threads, echo, report)
+
+
+def _reproduce_locked(experiments: list[Experiment], scale: str, out: Path, seeds: int | None, device: str,
+                      jobs: int, threads: int, echo: Echo, report: bool) -> dict:
     t_start = time.perf_counter()
 
     plans: dict[str, tuple[Experiment, object, list[Run]]] = {}
@@ -177,7 +194,7 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
     pending: dict[str, tuple[Experiment, Run, list[str]]] = {}   # key -> (executing experiment, run, consumers)
     for eid, (exp, sc, runs) in plans.items():
         for r in runs:
-            res = load_result(out, r)
+            res = load_result(out, r, echo)
             if res is not None:
                 done[eid][r.key] = Result(r, res.dir, res.summary, cached=True)
             elif r.key in pending:
@@ -214,7 +231,7 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
             last = err.strip().splitlines()[-1]
             d = run_dir(out, run)
             d.mkdir(parents=True, exist_ok=True)
-            (d / "error.txt").write_text(err)
+            _write_text(d / "error.txt", err)
             echo(f"  [{k}/{n_new}] {run.exp} {run.label}: FAILED — {last}")
         for eid in consumers:
             mine = next(r for r in plans[eid][2] if r.key == key)
@@ -254,7 +271,7 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
     for eid in plans:
         path = out / "results" / f"{eid}.json"
         if path.exists():
-            verdicts[eid] = json.loads(path.read_text())["outcome"]["verdict"]["outcome"]
+            verdicts[eid] = _read_result(path)["outcome"]["verdict"]["outcome"]
     result = {"verdicts": verdicts, "failed": {k: v for k, v in failed.items() if v}, "out": str(out),
               "wall_s": time.perf_counter() - t_start, "runs": total, "reused": n_cached}
     if report:
@@ -337,6 +354,21 @@ def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Res
     echo(f"  ■ {exp.id}: {v.outcome.upper()} — {v.deciding[:160]}")
 
 
+def _write_text(path: Path, text: str) -> None:
+    records.atomic_write_text(path, text)
+
+
+def _read_result(path: Path) -> dict:
+    """results/<id>.json; a damaged one is a ValueError naming the file and the way to remake it."""
+    try:
+        rec = records.read_json(path)
+        rec["outcome"]["verdict"]["outcome"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable experiment result ({e}); delete it and rerun the same reproduce "
+                         f"command: it is remade from the finished runs without training again") from None
+    return rec
+
+
 def _order(exp_id: str) -> int:
     from .registry import ids
     return ids().index(exp_id) if exp_id in ids() else 999
@@ -345,7 +377,7 @@ def _order(exp_id: str) -> int:
 def verdict_table(out: str | Path) -> str:
     """Plain-text table of the verdicts in DIR/results (what `reproduce` prints at the end)."""
     rows = []
-    recs = [json.loads(p.read_text()) for p in Path(out, "results").glob("*.json")]
+    recs = [_read_result(p) for p in Path(out, "results").glob("*.json")]
     for rec in sorted(recs, key=lambda r: (r.get("order", 999), r["id"])):
         v = rec["outcome"]["verdict"]
         num = v["value"]
