@@ -238,6 +238,9 @@ def load(name: str, root: str | os.PathLike | None = None, seed: int = 0, downlo
     if name == "synthetic-linear":
         return _load_synthetic_linear(seed)
     root = data_dir(root)
+    if root.exists() and not root.is_dir():   # a mistyped NORMLAB_DATA must not fall through to the carried copy
+        raise DataError(f"{root}: cannot create the data folder (a file is in the way); the data dir (--data, "
+                        f"NORMLAB_DATA or ~/.cache/normlab) must be a writable folder, not a file")
     if name == "cifar10":
         return _load_cifar10(root, download)
     return _load_mnist_like(name, root, download)

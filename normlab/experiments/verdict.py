@@ -311,7 +311,7 @@ def holds(key: str, claim: str, ok: int, total: int, worst: str, core: bool = Tr
     """A statement checked in every record (an identity or a theorem's inequality on each (layer, step, seed)):
     supported when it holds in all of them, not supported when it fails in any; no records is inconclusive."""
     if total == 0:
-        return Verdict(claim, "inconclusive", math.nan, "no records", key=key, core=core)
+        return Verdict(claim, "inconclusive", math.nan, "no records (0 checked)", key=key, core=core)
     outcome = "supported" if ok == total else "not supported"
     return Verdict(claim, outcome, ok / total, f"holds in {ok}/{total} records; {worst}", shown=f"{ok}/{total} hold",
                    key=key, core=core, n=total, rule="checked in every record (a mathematical statement: one failure "

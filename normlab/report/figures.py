@@ -11,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
+from ..records import atomic_writer  # noqa: E402
+
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
 DPI = 110
@@ -88,6 +90,7 @@ def draw(spec: dict, out_dir: Path, stem: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = render(spec)
     paths = {"png": out_dir / f"{stem}.png", "svg": out_dir / f"{stem}.svg"}
-    fig.savefig(paths["png"], dpi=DPI)
-    fig.savefig(paths["svg"])
+    for kind, path in paths.items():   # atomic: a reader sees the old figure or the new one, never half of one
+        with atomic_writer(path) as f:
+            fig.savefig(f, format=kind, **({"dpi": DPI} if kind == "png" else {}))
     return paths

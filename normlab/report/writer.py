@@ -9,6 +9,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..records import atomic_write_text
 from .figures import draw
 
 VERDICT_RULE = ("Each part of a claim is decided by a rule written in its experiment module before any run: the "
@@ -265,6 +266,6 @@ def write_report(out: str | Path) -> dict[str, Path]:
         raise FileNotFoundError(f"out: no results in {out / 'results'}; run `normlab reproduce` first")
     figs = _draw_all(out, recs)
     paths = {"md": out / "report.md", "html": out / "report.html"}
-    paths["md"].write_text(_markdown(recs, figs, out))
-    paths["html"].write_text(_html(recs, figs))
+    atomic_write_text(paths["md"], _markdown(recs, figs, out))
+    atomic_write_text(paths["html"], _html(recs, figs))
     return paths
