@@ -107,7 +107,9 @@ class IoffeMnist(Experiment):
                                "15/50/85th percentiles of one last-hidden-layer sigmoid's input over training, "
                                "measured on each step's batch of 60 (one unit of one seed; the drift numbers "
                                "use every seed).", [acc_panel] + pct_panels)]
-        table = [{"net": k, f"test acc @ {early:,}": stat_text(list(acc_early[k].values()), ".2f", 100),
+        first = {k: [at_step(r, "test_acc", s.eval_every) for r in j.runs(k)] for k in ("bn", "none")}
+        table = [{"net": k, f"test acc @ {s.eval_every:,} (no rule)": stat_text(first[k], ".2f", 100),
+                  f"test acc @ {early:,}": stat_text(list(acc_early[k].values()), ".2f", 100),
                   "final test acc": stat_text(list(acc_final[k].values()), ".2f", 100),
                   "percentile drift": stat_text(list(drifts[k].values()))} for k in ("none", "bn")]
         return j.outcome(self.claim, figs, table)
