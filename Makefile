@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 # The shared MNIST beside the checkout, when there is one; otherwise normlab's default data dir.
 SHARED_DATA := $(abspath ../shared/data)
 export NORMLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist.npz),$(SHARED_DATA),)
-# Two cores here: torch uses both unless told otherwise.
-export OMP_NUM_THREADS ?= 2
+# OMP_NUM_THREADS is not set here: `normlab reproduce`/`demo` read it as torch threads *per worker* (default:
+# cores // workers), so a global value would oversubscribe the cores. The bench sets its own.
 # demo/bench run on tcmalloc (Debian libtcmalloc-minimal4) when it is installed: glibc malloc page-faults every fresh
 # tensor over 32 MB again (docs/performance.md). NORMLAB_TCMALLOC=0 keeps glibc.
 NORMLAB_TCMALLOC ?= 1
@@ -45,7 +45,7 @@ test: setup
 # stalling 2-thread timings; it makes small ops (the training-loop rows) 2-5x slower, so it is not the default
 # (docs/performance.md)
 bench: setup
-	$(PRELOAD) $(PY) benchmarks/run.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PRELOAD) $(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
