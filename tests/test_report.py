@@ -61,7 +61,7 @@ def test_report_markdown_and_html_content(report_dir):
     assert "| [fake](#fake) | tests | **supported** | 1/1 core, 1/1 all | a − b: +10 [+10, +10] | 1 |" in md
     assert ("**Verdict: supported** — 1 of 1 core part(s) supported; 1 of 1 parts in all. Deciding part: a is larger "
             "than b — a − b = +10, 95% CI [+10, +10] (n=2, paired over seeds [0, 1])") in md
-    assert "| a is larger than b | core | supported | a − b: +10 [+10, +10] | 1 | 2 |" in md
+    assert "| a is larger than b | core | supported | a − b: +10 [+10, +10] | — | 1 | 2 |" in md
     assert "**Rerun:** `normlab reproduce --scale smoke --only fake --out " in md
     figs = report_dir / "figures"
     assert (figs / "fake-curves.png").exists() and (figs / "fake-curves.svg").exists()

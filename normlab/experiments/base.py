@@ -174,6 +174,7 @@ class Verdict:
     n: int = 0
     min_effect: str = ""
     rule: str = ""
+    paper: str = ""       # the paper's number for this part, at its own scale (shown, never decides)
     parts_supported: list = field(default_factory=list)   # headline only: [k, n] over all parts
     core_supported: list = field(default_factory=list)    # headline only: [k, n] over the core parts
 

@@ -109,7 +109,8 @@ class SanturkarLandscape(Experiment):
                     1, len(rows_of(r, "landscape")) // 10)]) if v is not None])) for lab, g in (("BN", bn), ("no BN", none))}
             j.decide(Rule(f"{net}-early", f"{net}: early in training (first 10% of records) the gradient "
                           f"predictiveness is far smaller with BN", "||Δ grad|| / ||g||, first 10% of records", "less",
-                          10.0, "one order of magnitude: the least we would call the paper's 'about two'", log=True),
+                          10.0, "one order of magnitude: the least we would call the paper's 'about two'", log=True,
+                          paper="about 0.01x (two orders, Fig. 4 plot)"),
                      "BN", early["BN"], "no BN", early["no BN"])
             for lab in ("BN", "no BN"):
                 row = {"net": net, "norm": lab}

@@ -100,6 +100,7 @@ class Rule:
     min_effect: δ in the quantity's units; for `log` rules a factor > 1 (δ = log10 of it).
     why: the reason for δ. core: whether the part decides the headline.
     scale/unit/fmt: how numbers are printed (e.g. 100, "%", ".2f"); they never change a decision.
+    paper: the paper's own number for this part, at its scale (shown beside ours; never used to decide).
     """
 
     key: str
@@ -113,6 +114,7 @@ class Rule:
     scale: float = 1.0
     unit: str = ""
     fmt: str = ".3g"
+    paper: str = ""
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -234,7 +236,8 @@ def decide(rule: Rule, a_name: str, a: Mapping[int, float], b_name: str, b: Mapp
     ci = f"[{_show(rule, iv.lo)}, {_show(rule, iv.hi)}]" if iv.n >= 2 else "[—]"
     text = f"{kind} = {_show(rule, iv.mean) if iv.n else '—'}, 95% CI {ci} (n={iv.n}, {how}); {why}"
     return Verdict(rule.claim, outcome, iv.mean, text, shown=f"{shown} {ci}", key=rule.key, core=rule.core,
-                   interval=[iv.lo, iv.hi], n=iv.n, min_effect=rule.effect_text(), rule=rule.text())
+                   interval=[iv.lo, iv.hi], n=iv.n, min_effect=rule.effect_text(), rule=rule.text(),
+                   paper=rule.paper)
 
 
 def similar_all(rule: Rule, groups: Mapping[str, Mapping[int, float]], ref: str) -> Verdict:
@@ -254,7 +257,7 @@ def similar_all(rule: Rule, groups: Mapping[str, Mapping[int, float]], ref: str)
     text = "; ".join(p.deciding.split("; ")[0] for p in parts)
     return Verdict(rule.claim, outcome, worst.value, f"{text}; " + worst.deciding.split("; ")[-1], shown=worst.shown,
                    key=rule.key, core=rule.core, interval=[min(los), max(his)], n=min(p.n for p in parts),
-                   min_effect=rule.effect_text(), rule=rule.text())
+                   min_effect=rule.effect_text(), rule=rule.text(), paper=rule.paper)
 
 
 # ----------------------------------------------------------------------------------------------------- preconditions
@@ -284,7 +287,7 @@ def guard(part: Verdict, preconditions: Sequence[Precondition]) -> Verdict:
                    f"Measured anyway: {part.deciding}", note=(f"would be decided at: {at}" if at else ""),
                    shown=part.shown,
                    key=part.key, core=part.core, interval=part.interval, n=part.n, min_effect=part.min_effect,
-                   rule=part.rule)
+                   rule=part.rule, paper=part.paper)
 
 
 ORDER = ("not supported", "undecidable", "inconclusive", "supported")

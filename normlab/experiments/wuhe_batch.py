@@ -33,16 +33,19 @@ from ..report import figure, panel, series
 PAPER, QUICK, SMOKE = smallbatch.PAPER, smallbatch.QUICK, smallbatch.SMOKE
 PTS = dict(scale=100, unit=" pts", fmt=".2f")
 GN_FLAT = Rule("gn-flat", "GN's error is flat across batch sizes", "test error (%)", "similar", 0.005,
-               "0.5 points (Wu & He: GN within 0.3 points from 32 to 2)", **PTS)
+               "0.5 points (Wu & He: GN within 0.3 points from 32 to 2)", paper="24.1 → 24.1% (32 → 2): 0.0 pts",
+               **PTS)
 BN_DEGRADES = Rule("bn-degrades", "BN's error is higher at the smallest batch than at 32", "test error (%)",
-                   "greater", 0.005, "0.5 points: Wu & He's BN loses 11 points at batch 2", **PTS)
+                   "greater", 0.005, "0.5 points: Wu & He's BN loses 11 points at batch 2",
+                   paper="23.6 → 34.7% (32 → 2): +11.1 pts", **PTS)
 BN_VS_GN = Rule("bn-vs-gn", "BN degrades more than GN from 32 to the smallest batch", "error increase (points)",
-                "greater", 0.005, "0.5 points", **PTS)
+                "greater", 0.005, "0.5 points", paper="+11.1 vs +0.0 pts: +11.1 pts", **PTS)
 
 
 def worse_than_gn(n: str) -> Rule:
     return Rule(n, f"{n.upper()} is worse than GN at batch 32", "test error (%)", "greater", 0.002,
-                "0.2 points (Wu & He: LN +1.2, IN +4.3 at ImageNet's scale)", core=False, **PTS)
+                "0.2 points (Wu & He: LN +1.2, IN +4.3 at ImageNet's scale)", core=False,
+                paper={"ln": "25.3 vs 24.1%: +1.2 pts", "in": "28.4 vs 24.1%: +4.3 pts"}[n], **PTS)
 
 
 class WuHeBatch(Experiment):

@@ -63,9 +63,9 @@ def _parts(v: dict) -> str:
 
 
 def _part_rows(rec: dict) -> list[tuple[str, ...]]:
-    """(part, core/side, verdict, estimate [95% CI], min effect, n, evidence) per part of an experiment."""
-    return [(c["claim"], "core" if c.get("core", True) else "side", c["outcome"], _shown(c), c.get("min_effect", ""),
-             str(c.get("n", "")), c["deciding"] + (f" ({c['note']})" if c.get("note") else "")
+    """(part, core/side, verdict, estimate [95% CI], paper, min effect, n, evidence) per part of an experiment."""
+    return [(c["claim"], "core" if c.get("core", True) else "side", c["outcome"], _shown(c), c.get("paper") or "—",
+             c.get("min_effect", ""), str(c.get("n", "")), c["deciding"] + (f" ({c['note']})" if c.get("note") else "")
              + (f" Rule: {c['rule']}" if c.get("rule") else "")) for c in rec["outcome"]["checks"]]
 
 
@@ -128,8 +128,8 @@ def _markdown(recs: list[dict], figs: dict, out: Path) -> str:
                   ""]
         rows = _part_rows(r)
         if rows:
-            lines += ["| part of the claim | core/side | verdict | estimate [95% CI] | min effect | n | evidence |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["| part of the claim | core/side | verdict | ours: estimate [95% CI] | paper | min effect | n | "
+                      "evidence |", "|---|---|---|---|---|---|---|---|"]
             lines += ["| " + " | ".join(_md_escape(x) for x in row) + " |" for row in rows]
             lines.append("")
         for title, items in (("Preconditions", _preconditions(r)), ("Left out of the statistics", _left_out(r))):
@@ -217,7 +217,8 @@ def _html(recs: list[dict], figs: dict) -> str:
         rows = _part_rows(r)
         if rows:
             p.append("<table><tr><th>part of the claim</th><th>core/side</th><th>verdict</th>"
-                     "<th>estimate [95% CI]</th><th>min effect</th><th>n</th><th>evidence</th></tr>")
+                     "<th>ours: estimate [95% CI]</th><th>paper</th><th>min effect</th><th>n</th><th>evidence</th>"
+                     "</tr>")
             p += ["<tr>" + "".join(f"<td>{_badge(x) if i == 2 else _e(x)}</td>" for i, x in enumerate(row)) + "</tr>"
                   for row in rows]
             p.append("</table>")
