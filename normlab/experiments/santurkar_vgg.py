@@ -16,7 +16,7 @@ Decision rules (fixed before the data):
   * core `late`, `early`: at lr 0.1, the step-to-step movement of the layer input's unit means (|Δ mean| / layer std,
     probe batch, second half of training: after the plain net's initial plateau) is the same with and without BN
     within a factor 2 ("differ only marginally");
-  * side: the same for unit variances.
+  * side: the same for unit variances, and for the pre-normalization (conv) outputs of both layers.
 Seeds: 3 — a VGG run with its instruments costs over a minute on one core.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 
 from .base import Experiment, Outcome, Scale
 from .common import (band, curve, n_weight_layers, quarter_layers, relus_after, stat_text, train_run,
-                     window_mean)
+                     weight_names, window_mean)
 from .instruments import movement, spec
 from .judge import Judge
 from .verdict import Rule
@@ -47,8 +47,10 @@ def fast_rule(lr: float) -> Rule:
                 scale=100, unit=" pts", fmt=".2f")
 
 
-def stable_rule(site: str, what: str, core: bool) -> Rule:
-    return Rule(f"{site}-{what}", f"lr 0.1, {site} layer input: unit {what}s move about as much with BN as without",
+def stable_rule(site: str, what: str, core: bool, pre: bool = False) -> Rule:
+    where = "pre-normalization output" if pre else "input"
+    return Rule(f"{site}-{what}{'-pre' if pre else ''}", f"lr 0.1, {site} layer {where}: unit {what}s move about as "
+                f"much with BN as without",
                 f"step-to-step |Δ {what}| relative to the layer (second half of training, probe batch)", "similar",
                 2.0, "within a factor 2: 'differ only marginally'", core=core, log=True)
 
@@ -72,11 +74,12 @@ class SanturkarVGG(Experiment):
         for lr in s.lrs:
             for norm in ("none", "bn"):
                 relus = relus_after("vgg", norm, s.in_shape, 10, kw, layers)
-                inst = [spec("probe", layers=relus, dataset=self.dataset_of(s), every=s.dist_every),
+                pre = weight_names("vgg", norm, s.in_shape, 10, kw, layers)
+                inst = [spec("probe", layers=relus + pre, dataset=self.dataset_of(s), every=s.dist_every),
                         spec("distributions", layers=relus, site="output", bins=40, units=[0],
                              every=max(1, s.steps // 2)),
                         spec("batch-acc", every=s.dist_every)]
-                out += [train_run(self.id, f"{norm} lr={lr:g}", seed, inst, extra={"layers": relus}, model="vgg",
+                out += [train_run(self.id, f"{norm} lr={lr:g}", seed, inst, extra={"layers": relus, "pre": pre}, model="vgg",
                                   norm=norm, dataset=self.dataset_of(s), init="glorot", model_kw=kw, lr=lr,
                                   batch_size=s.batch, steps=s.steps, eval_every=s.eval_every,
                                   eval_samples=s.eval_samples, device=device)
@@ -99,15 +102,18 @@ class SanturkarVGG(Experiment):
         moves = {}
         for site, which in (("late", -1), ("early", 0)):
             for k, what in enumerate(("mean", "variance")):
-                per = {}
-                for n in ("bn", "none"):
-                    def one(r, which=which, k=k) -> float:
-                        name = r.run.config["extra"]["layers"][which]
-                        rows = [row for row in r.diagnostics if row.get("hook") == "probe" and row["layer"] == name]
-                        return movement(rows, s.steps // 2, s.steps + 1)[k]
-                    per[n] = j.per_seed(f"{n} lr={lr0:g}", one)
-                moves[(site, what)] = per
-                j.decide(stable_rule(site, what, core=(k == 0)), "BN", per["bn"], "no BN", per["none"])
+                for pre in (False, True):
+                    per = {}
+                    for n in ("bn", "none"):
+                        def one(r, which=which, k=k, pre=pre) -> float:
+                            name = r.run.config["extra"]["pre" if pre else "layers"][which]
+                            rows = [row for row in r.diagnostics
+                                    if row.get("hook") == "probe" and row["layer"] == name]
+                            return movement(rows, s.steps // 2, s.steps + 1)[k]
+                        per[n] = j.per_seed(f"{n} lr={lr0:g}", one)
+                    moves[(site, what + (" (pre-norm)" if pre else ""))] = per
+                    j.decide(stable_rule(site, what, core=(k == 0 and not pre), pre=pre), "BN", per["bn"], "no BN",
+                             per["none"])
         panels = [panel("training accuracy (train mode, step's batch)", "training step", "training accuracy",
                         [band(k, *curve(j.runs(k), "acc", "diagnostics", lambda row: row.get("hook") == "batch-acc"))
                          for k in j.all]),
