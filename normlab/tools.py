@@ -9,6 +9,7 @@ fuse_bn                  fold eval-mode BN into the Conv/ConvTranspose/Linear la
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -26,34 +27,46 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.InstanceNorm2d: layers.InstanceNorm2d,
     nn.InstanceNorm3d: layers.InstanceNorm3d,
     nn.SyncBatchNorm: layers.SyncBatchNorm,
+    nn.RMSNorm: layers.RMSNorm,
 }
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
 
 
 def _init_args(module: nn.Module) -> dict:
-    if isinstance(module, (nn.GroupNorm, layers.GroupNorm)):
+    if isinstance(module, nn.GroupNorm):
         args = dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps,
                     affine=module.affine)
         if module.affine and module.bias is None:   # only then: older torch has no bias argument
             args["bias"] = False
         return args
-    if isinstance(module, (nn.LayerNorm, layers.LayerNorm)):
+    if isinstance(module, nn.RMSNorm):
+        return dict(normalized_shape=module.normalized_shape, eps=module.eps,
+                    elementwise_affine=module.elementwise_affine)
+    if isinstance(module, nn.LayerNorm):
         return dict(normalized_shape=module.normalized_shape, eps=module.eps,
                     elementwise_affine=module.elementwise_affine, bias=module.bias is not None)
     args = dict(num_features=module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
                 track_running_stats=module.track_running_stats)
-    if isinstance(module, (nn.SyncBatchNorm, layers.SyncBatchNorm)):
+    if isinstance(module, nn.SyncBatchNorm):
         args["process_group"] = module.process_group
     if module.affine and module.bias is None:   # BN(bias=False): a learned scale without a shift
         args["bias"] = False
     return args
 
 
-def _swap(module: nn.Module, table: dict) -> nn.Module:
-    cls = table.get(type(module))
-    if cls is None:
-        for name, child in module.named_children():
-            setattr(module, name, _swap(child, table))
-        return module
+def _target(module: nn.Module, table: dict) -> type[nn.Module] | None:
+    """The class `module` converts to, by convert()'s rule: its exact class in `table`, or the nearest class in
+    `table` it inherits from when it keeps that class's forward (a subclass that only adds attributes)."""
+    cls = type(module)
+    if cls in table:
+        return table[cls]
+    for base in cls.__mro__[1:]:
+        if base in table and cls.forward is base.forward:
+            return table[base]
+    return None
+
+
+def _convert_one(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     ref = next(iter(module.state_dict().values()), None)
     factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None and ref.is_floating_point() else {}
     new = cls(**_init_args(module), **factory)
@@ -64,17 +77,54 @@ def _swap(module: nn.Module, table: dict) -> nn.Module:
     return new
 
 
+def _unmapped(module: nn.Module, to: str) -> bool:
+    """A norm layer convert() leaves as it is and warns about: torch.nn norms (to="normlab") or normlab norms
+    (to="torch") whose class it cannot map."""
+    from_normlab = type(module).__module__.startswith("normlab.")
+    if to == "normlab":
+        return isinstance(module, _NORMS) and not from_normlab
+    return from_normlab and isinstance(module, (*_NORMS, layers.FrozenBatchNorm))
+
+
+def _swap(module: nn.Module, table: dict, to: str, done: dict[int, nn.Module], skipped: dict[str, str],
+          prefix: str = "") -> nn.Module:
+    if id(module) in done:   # a module used twice stays one module (shared statistics and parameters)
+        return done[id(module)]
+    cls = _target(module, table)
+    if cls is not None:
+        new = _convert_one(module, cls)
+    else:
+        if _unmapped(module, to):
+            skipped.setdefault(type(module).__qualname__, prefix or "<model>")
+        for name, child in list(module._modules.items()):   # not named_children(): it skips a repeated module
+            if child is not None:
+                setattr(module, name, _swap(child, table, to, done, skipped, f"{prefix}.{name}" if prefix else name))
+        new = module
+    done[id(module)] = new
+    return new
+
+
 def convert(model: nn.Module, to: str = "normlab", inplace: bool = False) -> nn.Module:
     """Swap every torch.nn norm layer of `model` for its normlab twin (to="normlab") or back (to="torch").
 
-    Weights, buffers, requires_grad and train/eval mode are kept; the model is copied first unless inplace=True.
-    Only exact classes are swapped (normlab's variants such as Lp or Ghost BN have no torch twin and stay).
+    Rule (docs/dropin.md): a module converts when its class is one of TWINS' (BatchNorm1d/2d/3d, SyncBatchNorm,
+    GroupNorm, LayerNorm, InstanceNorm1d/2d/3d, RMSNorm) or a subclass of one that keeps that class's forward (it only
+    adds attributes; it becomes the twin class). Subclasses with their own forward (timm's BatchNormAct2d and
+    LayerNorm2d, a user's BN with a custom forward) and normlab's variants, which have no twin, stay as they are,
+    with one warning naming their classes. A module used twice stays one module. Weights, buffers, requires_grad and
+    train/eval mode are kept; the model is copied first unless inplace=True.
     """
     if to not in ("normlab", "torch"):
         raise ValueError(f"to: expected 'normlab' or 'torch', got {to!r}")
     table = TWINS if to == "normlab" else {v: k for k, v in TWINS.items()}
     model = model if inplace else copy.deepcopy(model)
-    return _swap(model, table)
+    skipped: dict[str, str] = {}
+    out = _swap(model, table, to, {}, skipped)
+    if skipped:
+        names = ", ".join(f"{cls} (first at {where})" for cls, where in skipped.items())
+        warnings.warn(f"convert(to={to!r}) left these norm layers unconverted (no twin, or a subclass with its own "
+                      f"forward): {names}", UserWarning, stacklevel=2)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ shared helpers

@@ -20,6 +20,7 @@ SPECS = {   # spec -> (class for ndim=1, class for ndim=2)
     "bn": (BatchNorm1d, BatchNorm2d),
     "gn:4": (GroupNorm, GroupNorm),
     "ln": (GroupNorm, GroupNorm),
+    "ln2d": (normlab.LayerNorm2d, normlab.LayerNorm2d),
     "in": (InstanceNorm1d, InstanceNorm2d),
     "noisy-bn": (NoisyBatchNorm1d, NoisyBatchNorm2d),
     "l1-bn": (LpBatchNorm1d, LpBatchNorm2d),

@@ -31,6 +31,7 @@ STREAM_BYTES = 16 << 20    # outputs at least this large skip the cache (half th
 
 _on = os.environ.get("NORMLAB_FAST", "1").strip().lower() not in ("0", "off", "false", "no")
 _lib = None
+_ready = False   # _lib is loaded (a plain bool, so that torch.compile can guard on it)
 _error: str | None = None
 _compile_s: float | None = None
 _lock = threading.Lock()
@@ -61,7 +62,10 @@ def disabled() -> Iterator[None]:
 
 
 def prepare() -> bool:
-    """Build or load the kernels now (they are otherwise built at the first call that fits). True if usable."""
+    """Build or load the kernels now, ahead of the first forward. True if usable.
+
+    Eager calls otherwise build them at the first call that fits; under torch.compile / torch.export the fused op is
+    used only when the kernels were prepared before tracing (a build is never traced)."""
     return _kernels() is not None
 
 
@@ -71,7 +75,7 @@ def status() -> dict:
 
 
 def _kernels():
-    global _lib, _error, _compile_s
+    global _lib, _error, _compile_s, _ready
     if _lib is not None or _error is not None:
         return _lib
     with _lock:
@@ -79,6 +83,7 @@ def _kernels():
             from . import _build
             try:
                 _lib, _compile_s = _build.build()
+                _ready = True
             except Exception as exc:   # noqa: BLE001 - any build failure means: stay eager, and say why
                 _error = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"normlab fast path unavailable, using the eager path: {_error}", RuntimeWarning,
@@ -172,6 +177,8 @@ def _make_plan(x: torch.Tensor, dims: tuple[int, ...], weight: torch.Tensor | No
         return pl
     if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in (weight, bias)):
         return None
+    if weight is not None and bias is not None and weight.shape != bias.shape:
+        return None   # the kernels read as many biases as weights: never past the end of a shorter one
     try:
         wshape = (weight if weight is not None else bias).view(list(shape)).shape
     except (RuntimeError, TypeError):
@@ -180,6 +187,20 @@ def _make_plan(x: torch.Tensor, dims: tuple[int, ...], weight: torch.Tensor | No
 
 
 _plans: dict[tuple, Plan | None] = {}
+
+
+def traceable_fits(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
+    """Under torch.compile / export: whether the fused op (normlab.fast.ops) takes this call. Only dtype and device
+    decide, which the compiler guards on; the op itself falls back to torch ops where the kernels' layout does not fit.
+    """
+    if not (_on and _ready and x.dtype == torch.float32 and x.device.type == "cpu"):
+        return False
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in (weight, bias))
+
+
+def backend(device: torch.device) -> str | None:
+    """The device-dispatch seam: the fused kernels that serve `device` ("cpu"), or None (the eager core)."""
+    return "cpu" if torch.device(device).type == "cpu" else None
 
 
 def _meta(t: torch.Tensor | None) -> tuple | None:
@@ -192,7 +213,7 @@ def plan(x: torch.Tensor, dims: Sequence[int], p: float, weight: torch.Tensor | 
 
     Called on every normalization, so the common case is one dictionary lookup: layouts repeat every step.
     """
-    if not _on or p != 2 or torch.compiler.is_compiling():
+    if not _on or p != 2:
         return None
     try:
         dims, shape = tuple(dims), None if shape is None else tuple(shape)
@@ -293,3 +314,6 @@ def backward(pl: Plan, g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rst
         _lib.rows_bwd(*head, pl.a, pl.c, mean.data_ptr(), rstd.data_ptr(), _ptr(w), pl.period, pl.nb, _ptr(dw),
                       _ptr(db), _ptr(part), _stream(x), nt)
     return dx, dw if weight is not None else None, db if bias is not None else None
+
+
+from . import ops  # noqa: E402,F401  - registers normlab::norm_fwd / norm_bwd (they call back into this module)

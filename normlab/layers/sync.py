@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .. import core
 from .batchnorm import _BatchNorm
@@ -137,7 +138,7 @@ class SyncNormalizeFn(torch.autograd.Function):
         return dx.to(x.dtype), None, None, None
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     """BatchNorm over (N, C, *) input of any rank >= 2 with statistics over every process of `process_group`.
 
     Arguments as torch.nn.SyncBatchNorm (process_group=None: the default group). Parameter gradients are each rank's
@@ -152,12 +153,16 @@ class SyncBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self.process_group = process_group
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        core.check_float(x)
-        if x.dim() < 2:
-            raise ValueError(f"input: SyncBatchNorm expects a tensor (N, C, ...) of at least 2 dimensions, "
-                             f"got {x.dim()}D input of shape {tuple(x.shape)}")
-        self._check_channels(x)
+    _ranks = None   # any rank >= 2
+    plain_bn = False
+
+    def _plain(self, x: torch.Tensor) -> bool:
+        return not self._synchronized()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._synchronized():   # plain BN: traceable by FX, torch.compile and export
+            return self._bn(x, self.weight, self.bias)
+        return super().forward(x)
 
     def _synchronized(self) -> bool:
         return (self.training and dist.is_available() and dist.is_initialized()
@@ -166,6 +171,9 @@ class SyncBatchNorm(_BatchNorm):
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if not self._synchronized():
             return super()._normalize(x)
+        if x.dim() < 2:
+            raise ValueError(f"input: SyncBatchNorm expects a tensor (N, C, ...) of at least 2 dimensions, "
+                             f"got {x.dim()}D input of shape {tuple(x.shape)}")
         xhat, mean, var, m = SyncNormalizeFn.apply(x, self.eps, self.process_group, self.num_features)
         if self.track_running_stats:
             self._update_running(mean, var, m, self._tick())

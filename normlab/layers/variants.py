@@ -14,6 +14,7 @@ import math
 import torch
 
 from .. import core
+from . import functional as F
 from .batchnorm import _BatchNorm
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -72,6 +73,9 @@ class _NoisyBatchNorm(_BatchNorm):
         return s, m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaf = F.fx_leaf(self, x)
+        if leaf is not None:
+            return leaf
         y = super().forward(x)
         if not self.training:
             return y
@@ -98,6 +102,8 @@ class _LpBatchNorm(_BatchNorm):
     (unbiased variance for p = 2, the batch mean absolute deviation for p = 1, the batch max absolute deviation for
     p = inf; no Bessel factor for p != 2), so eval computes (x - running_mean) / scale_from(running_var, eps, p).
     """
+
+    plain_bn = False
 
     def __init__(self, num_features: int, p: float, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
@@ -144,13 +150,13 @@ class _GhostBatchNorm(_BatchNorm):
     averages all virtual batches equally). v >= N is exactly BatchNorm. Eval uses the running statistics.
     """
 
+    plain_bn = False
+
     def __init__(self, num_features: int, virtual_batch_size: int, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True, device=None,
                  dtype=None, *, bias: bool = True) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
-        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size <= 0:
-            raise ValueError(f"virtual_batch_size: expected a positive int, got {virtual_batch_size!r}")
-        self.virtual_batch_size = virtual_batch_size
+        self.virtual_batch_size = F.positive_int(virtual_batch_size, "virtual_batch_size")
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
@@ -172,7 +178,7 @@ class _GhostBatchNorm(_BatchNorm):
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         n, v = x.shape[0], self.virtual_batch_size
         if self._plain(x):
-            return super()._normalize(x)
+            return _BatchNorm._normalize(self, x)
         per_sample = math.prod(x.shape[2:])
         if v * per_sample <= 1:
             raise ValueError(f"virtual_batch_size: {v} sample(s) per virtual batch leave 1 value per channel on "
