@@ -39,7 +39,7 @@ reproduce: setup
 test: setup
 	$(PY) -m pytest -n 2 tests
 	NORMLAB_FAST=0 $(PY) -m pytest -n 2 tests/test_layers_conformance.py tests/test_core.py tests/test_variants.py \
-	    tests/test_reference.py tests/test_bad_input.py
+	    tests/test_reference.py tests/test_bad_input.py tests/test_dropin.py
 
 # On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE make bench keeps spinning OpenMP threads from
 # stalling 2-thread timings; it makes small ops (the training-loop rows) 2-5x slower, so it is not the default

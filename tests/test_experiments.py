@@ -270,7 +270,7 @@ def _ioffe_records(tmp: Path, acc: dict[str, float], drift: dict[str, float]) ->
 def test_ioffe_verdict_follows_the_data(tmp_path):
     # the same analysis on synthetic records: the verdict follows the numbers, whichever way they point
     exp = registry.get("ioffe-mnist")
-    s = Scale("t", steps=100, early=10)
+    s = Scale("t", steps=100, early=10, eval_every=10)
     good = exp.analyze(_ioffe_records(tmp_path / "a", {"bn": 0.9, "none": 0.5}, {"bn": 0.1, "none": 2.0}), s)
     assert good.verdict.outcome == "supported" and [c.outcome for c in good.checks] == ["supported"] * 3
     bad = exp.analyze(_ioffe_records(tmp_path / "b", {"bn": 0.5, "none": 0.9}, {"bn": 2.0, "none": 0.1}), s)
