@@ -206,8 +206,7 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
 
     from . import data, diagnostics, models
     from .checkpoint import load_checkpoint, write_json_atomic
-    from .loop import loss_fn_for
-    from .train import TrainConfig, lr_at, make_optimizer
+    from .train import TrainConfig, loss_fn_for, lr_at, make_optimizer
     path = Path(checkpoint) / "checkpoint.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     try:
         names = diagnostics.parse_what(what)
