@@ -31,3 +31,21 @@ def test_train_config_dict_and_hash_are_pinned():
     assert d == VGG_DICT
     assert _digest(d) == "cbae644da413e7f0"
     assert _digest(train_config(seed=0)) == "ac26cd3296454f58"   # all defaults
+
+
+def test_cli_defaults_are_train_configs():
+    """`normlab train`'s option defaults are TrainConfig's (one home), but --log-every (cli.CLI_LOG_EVERY, on purpose)."""
+    from normlab import cli
+    from normlab.config import TrainConfig
+    d = TrainConfig()
+    field_of = {"gamma": "lr_gamma"}
+    checked = []
+    for p in cli.train.params:
+        name = field_of.get(p.name, p.name)
+        if not hasattr(d, name) or name in ("lr_milestones", "model_kw"):
+            continue
+        want = cli.CLI_LOG_EVERY if name == "log_every" else getattr(d, name)
+        assert p.default == want, (p.name, p.default, want)
+        checked.append(name)
+    assert {"steps", "checkpoint_every", "lr", "batch_size", "eval_every", "log_every", "device"} <= set(checked)
+    assert (d.steps, d.checkpoint_every, cli.CLI_LOG_EVERY, d.log_every) == (1000, 1000, 10, 0)

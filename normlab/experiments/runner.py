@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import records
+from ..util import duration
 from .base import Experiment, Outcome, Result, Run, Verdict
 
 Echo = Callable[[str], None]
@@ -34,11 +35,6 @@ Echo = Callable[[str], None]
 
 def _echo(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def run_dir(out: Path, run: Run) -> Path:
@@ -226,7 +222,7 @@ def _reproduce_locked(experiments: list[Experiment], scale: str, out: Path, seed
         if err is None:
             wall = summary.get("wall_s", 0.0)
             echo(f"  [{k}/{n_new}] {run.exp} {run.label}: done in {wall:.1f}s "
-                 f"(elapsed {_duration(elapsed)}, ~{_duration(elapsed / k * (n_new - k))} left)")
+                 f"(elapsed {duration(elapsed)}, ~{duration(elapsed / k * (n_new - k))} left)")
         else:
             last = err.strip().splitlines()[-1]
             d = run_dir(out, run)
@@ -383,7 +379,7 @@ def verdict_table(out: str | Path) -> str:
         num = v["value"]
         num_s = v.get("shown") or ("—" if num is None or num != num else f"{num:.3g}")
         core = v.get("core_supported") or ["?", "?"]
-        rows.append((rec["id"], rec["scale"], v["outcome"], f"{core[0]}/{core[1]}", num_s, _duration(rec["compute_s"])))
+        rows.append((rec["id"], rec["scale"], v["outcome"], f"{core[0]}/{core[1]}", num_s, duration(rec["compute_s"])))
     head = ("experiment", "scale", "verdict", "core parts", "deciding: estimate [95% CI]", "compute")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
