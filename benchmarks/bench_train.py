@@ -13,8 +13,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from normlab import data, models, tools  # noqa: E402
-from normlab.loop import _Batches, _peak_memory, _subset  # noqa: E402
-from normlab.train import TrainConfig, _dataset, evaluate, train  # noqa: E402
+from normlab.hooks import peak_memory  # noqa: E402
+from normlab.train import Batches, TrainConfig, _dataset, _subset, evaluate, train  # noqa: E402
 
 
 def _dataset_name() -> str:
@@ -31,12 +31,11 @@ def _bare(cfg: TrainConfig, ds: data.Dataset) -> None:
     ev = [(ds.x_train[tr], ds.y_train[tr]), (ds.x_test[te], ds.y_test[te])]
     for x, y in ev:
         evaluate(model, x, y, f, True)
-    batches = _Batches(len(ds.x_train), cfg.batch_size, cfg.seed, torch.device("cpu"))
-    x_all, y_all = ds.x_train, ds.y_train
+    batches = Batches(ds.x_train, ds.y_train, cfg.batch_size, cfg.seed)
     model.train()
     for t in range(cfg.steps):
-        idx = batches.indices(t)
-        loss = f(model(x_all.index_select(0, idx)), y_all.index_select(0, idx))
+        x, y = batches(t)
+        loss = f(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,7 +86,7 @@ def bench_ioffe(quick: bool, out: Path) -> list[dict]:
         total = f0 + 50_000 * per_step
         rows.append({"bench": "train", "case": f"ioffe mlp {norm}: 50k steps batch 60 (from {steps})",
                      "normlab_ms": per_step * 1e3, "seconds_50k": round(total, 1), "target": f"< {target:.0f} s",
-                     "ok": total < target, **_peak_memory(torch.device("cpu"))})
+                     "ok": total < target, **peak_memory(torch.device("cpu"))})
     return rows
 
 

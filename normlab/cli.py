@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import click
 
+from .config import MAX_SEED, TrainConfig
+
+_D = TrainConfig()   # `normlab train`'s defaults are TrainConfig's: one home for each
+# ...but for one deliberate difference: at the console, a loss row every 10 steps between evaluations (the library's
+# default, 0, keeps experiment records small; changing it there would change every experiment's run hash)
+CLI_LOG_EVERY = 10
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="normlab")
@@ -62,46 +69,50 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 
 
 @main.command()
-@click.option("--model", type=click.Choice(["mlp", "vgg", "linear", "resnet"]), default="mlp", show_default=True)
-@click.option("--norm", default="none", show_default=True, callback=_check_norm,
+@click.option("--model", type=click.Choice(["mlp", "vgg", "linear", "resnet"]), default=_D.model, show_default=True)
+@click.option("--norm", default=_D.norm, show_default=True, callback=_check_norm,
               help="Norm spec from the factory: none, bn, gn:8, ln, in, ... ")
 @click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist", "cifar10", "synthetic-linear"]),
-              default="mnist", show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True, callback=_check_positive, help="Learning rate.")
-@click.option("--momentum", type=click.FloatRange(min=0), default=0.0, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "step"]), default="constant", show_default=True)
+              default=_D.dataset, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=_D.optimizer, show_default=True)
+@click.option("--lr", type=float, default=_D.lr, show_default=True, callback=_check_positive, help="Learning rate.")
+@click.option("--momentum", type=click.FloatRange(min=0), default=_D.momentum, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_D.weight_decay, show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "step"]), default=_D.schedule, show_default=True)
 @click.option("--milestones", default="", help="Step schedule: comma-separated steps where lr *= --gamma.")
-@click.option("--gamma", type=click.FloatRange(min=0), default=0.1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=60, show_default=True, help="Global batch size.")
-@click.option("--steps", type=click.IntRange(min=0), default=2000, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
-@click.option("--eval-every", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--gamma", type=click.FloatRange(min=0), default=_D.lr_gamma, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, show_default=True,
+              help="Global batch size.")
+@click.option("--steps", type=click.IntRange(min=0), default=_D.steps, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=_D.seed, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=0), default=_D.eval_every, show_default=True,
               help="Evaluate train/test accuracy every N steps (0: only at start and end).")
-@click.option("--eval-samples", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--eval-samples", type=click.IntRange(min=0), default=_D.eval_samples, show_default=True,
               help="Size of the fixed train and test subsets used for accuracy (0: whole split).")
-@click.option("--log-every", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--log-every", type=click.IntRange(min=0), default=CLI_LOG_EVERY, show_default=True,
               help="A metrics row (loss, mean loss, lr) every N steps between evaluations (0: only at evaluations).")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True, help="0: never.")
-@click.option("--init", type=click.Choice(["default", "glorot", "ioffe", "gaussian"]), default="default",
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=_D.checkpoint_every, show_default=True,
+              help="0: never.")
+@click.option("--init", type=click.Choice(["default", "glorot", "ioffe", "gaussian"]), default=_D.init,
               show_default=True, help="Weight init scheme.")
 @click.option("--model-kw", multiple=True, callback=_parse_kw, metavar="KEY=VALUE",
               help="Model keyword, e.g. width=0.25 or cfg=vgg13 (repeatable).")
-@click.option("--loss", type=click.Choice(["auto", "ce", "mse"]), default="auto", show_default=True)
-@click.option("--augment", is_flag=True, help="Random flips and crops of training batches.")
-@click.option("--deterministic", is_flag=True, help="torch.use_deterministic_algorithms for the run.")
+@click.option("--loss", type=click.Choice(["auto", "ce", "mse"]), default=_D.loss, show_default=True)
+@click.option("--augment", is_flag=True, default=_D.augment, help="Random flips and crops of training batches.")
+@click.option("--deterministic", is_flag=True, default=_D.deterministic,
+              help="torch.use_deterministic_algorithms for the run.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output dir [default: runs/MODEL-NORM-DATASET-sSEED].")
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/checkpoint.pt (--steps may grow; display, logging and checkpoint options may "
                    "change).")
 @click.option("--overwrite", is_flag=True, help="Delete the run already in OUT and start over.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--nproc", type=click.IntRange(min=1), default=_D.nproc, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on CUDA).")
-@click.option("--sync-bn", is_flag=True, help="With --nproc > 1: normlab SyncBatchNorm (global batch statistics).")
-@click.option("--progress/--no-progress", default=True, show_default=True,
+@click.option("--sync-bn", is_flag=True, default=_D.sync_bn,
+              help="With --nproc > 1: normlab SyncBatchNorm (global batch statistics).")
+@click.option("--progress/--no-progress", default=_D.progress, show_default=True,
               help="A progress bar on a terminal; plain lines every 30 s when stderr is a file or pipe.")
 @click.option("--tensorboard", is_flag=True,
               help="Also write the metrics as TensorBoard scalars to OUT/tensorboard (needs `pip install "
@@ -206,8 +217,7 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
 
     from . import data, diagnostics, models
     from .checkpoint import load_checkpoint, write_json_atomic
-    from .loop import loss_fn_for
-    from .train import TrainConfig, lr_at, make_optimizer
+    from .train import TrainConfig, loss_fn_for, lr_at, make_optimizer
     path = Path(checkpoint) / "checkpoint.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     try:
         names = diagnostics.parse_what(what)

@@ -1,16 +1,16 @@
 """Data-parallel training over torch.distributed: process-group set-up (torchrun env vars or `--nproc N` spawning
-on loopback), gradient averaging, and the spawn entry point. gloo on CPU, nccl on CUDA."""
+on loopback), gradient averaging, and `spawn(fn, nproc, args)`, which runs a function in N processes. gloo on CPU,
+nccl on CUDA. Nothing here knows about training: normlab.train calls it."""
 from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from datetime import timedelta
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-
-LOCKED_DIR_ENV = "NORMLAB_LOCKED_DIR"   # set for spawned ranks: their parent holds the run directory's lock
+import torch.multiprocessing as mp
 
 
 def env_world() -> tuple[int, int, int]:
@@ -64,22 +64,21 @@ def broadcast_model(model: torch.nn.Module) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def _worker(rank: int, world: int, port: int, threads: int, cfg, out_dir: str, hooks, resume: bool,
-            overwrite: bool = False, tensorboard: bool = False) -> None:
+def _worker(rank: int, fn: Callable[..., Any], world: int, port: int, threads: int, args: tuple,
+            env: dict[str, str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    os.environ[LOCKED_DIR_ENV] = str(Path(out_dir).resolve())
+                      WORLD_SIZE=str(world), **env)
     # N processes on one machine share its cores: without this each would start a full-size thread pool and they
     # would oversubscribe the CPU (collectives then wait on descheduled peers)
     torch.set_num_threads(max(1, threads // world))
-    from .train import train
-    train(cfg, out_dir, hooks if rank == 0 else (), resume=resume, overwrite=overwrite, tensorboard=tensorboard)
+    fn(*args)
 
 
-def spawn(cfg, out_dir: str, hooks, resume: bool, overwrite: bool = False, tensorboard: bool = False) -> None:
-    """Run train() in cfg.nproc fresh processes on loopback; returns when all have finished (raises if one fails)."""
-    import torch.multiprocessing as mp
-    args = (cfg.nproc, free_port(), torch.get_num_threads(), cfg, str(out_dir), tuple(hooks), resume, overwrite,
-            tensorboard)
-    mp.start_processes(_worker, args=args,
-                       nprocs=cfg.nproc, join=True, start_method="spawn")
+def spawn(fn: Callable[..., Any], nproc: int, args: tuple = (), env: dict[str, str] | None = None) -> None:
+    """Run fn(*args) in `nproc` fresh processes joined on loopback (MASTER_ADDR/PORT, RANK, LOCAL_RANK, WORLD_SIZE
+    set, as torchrun does, plus `env`); returns when all have finished, raises if one fails.
+
+    fn and args must be picklable (fn a module-level function): the processes are started with "spawn". Each
+    process gets torch threads = this process's threads // nproc. normlab.train.train spawns itself this way."""
+    mp.start_processes(_worker, args=(fn, nproc, free_port(), torch.get_num_threads(), tuple(args), dict(env or {})),
+                       nprocs=nproc, join=True, start_method="spawn")

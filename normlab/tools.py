@@ -205,6 +205,72 @@ def _first_tensor(batch) -> torch.Tensor:
     return x
 
 
+class _Moments:
+    """Running per-channel moments of one BN's inputs over the batches seen (float64), for precise_bn.
+
+    n: values per channel so far; total: sum_b n_b mean_b; m2: sum of squared deviations from the running mean
+    (pooled, combined as Chan et al.); var_sum: sum_b n_b * (unbiased var_b)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.m2, self.var_sum = 0, 0.0, 0.0, 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add batch x (N, C, *) whose statistics are taken over every dim but 1."""
+        dims = (0, *range(2, x.dim()))
+        nb = core.count(x, dims)
+        if nb == 0:
+            return
+        mean_b, var_b = (t.flatten() for t in core.statistics(x.double(), dims))
+        n, mean = self.n, (self.total / self.n if self.n else 0.0)
+        # Chan et al.: M2 of the union = M2 + M2_b + (mean_b - mean)^2 n nb / (n + nb)
+        self.m2 = self.m2 + nb * var_b + (mean_b - mean) ** 2 * (n * nb / (n + nb))
+        self.var_sum = self.var_sum + nb * var_b * (nb / (nb - 1) if nb > 1 else 1.0)
+        self.n, self.total = n + nb, self.total + nb * mean_b
+
+    def mean_var(self, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, var) per channel: var pooled-unbiased ("pooled") or the n_b-weighted mean of the unbiased batch
+        variances ("batch-average")."""
+        if self.n < 2:
+            raise ValueError(f"data: a BN layer saw {self.n} value(s) per channel; need at least 2")
+        var = self.m2 / (self.n - 1) if estimator == "pooled" else self.var_sum / self.n
+        return self.total / self.n, var
+
+
+def _precise_bn_layers(model: nn.Module, num_samples: int, estimator: str) -> list[nn.Module]:
+    """The BN layers precise_bn recomputes; ValueError naming the argument for bad input."""
+    if isinstance(num_samples, bool) or not (isinstance(num_samples, int) and num_samples > 0):
+        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    if estimator not in ("pooled", "batch-average"):
+        raise ValueError(f"estimator: expected 'pooled' or 'batch-average', got {estimator!r}")
+    bns = [m for m in model.modules() if _is_bn(m) and m.running_mean is not None]
+    if not bns:
+        raise ValueError("model: no BatchNorm layer with running statistics to recompute")
+    lp = [type(m).__name__ for m in bns if getattr(m, "p", 2) != 2]
+    if lp:
+        raise ValueError(f"model: precise_bn recomputes mean and variance; Lp BN layers with p != 2 ({', '.join(lp)}) "
+                         f"keep another dispersion in running_var")
+    return bns
+
+
+def _feed(model: nn.Module, bns: list[nn.Module], data, num_samples: int) -> int:
+    """Run whole batches of `data` through the model (BN layers in train mode, the rest in eval mode) until
+    num_samples samples are seen; returns that number."""
+    device = next(iter(model.parameters()), bns[0].running_mean).device
+    model.eval()
+    for m in bns:
+        m.train()
+    seen = 0
+    for batch in data:
+        x = _first_tensor(batch)
+        model(x.to(device))
+        seen += x.shape[0]
+        if seen >= num_samples:
+            break
+    if seen < num_samples:
+        raise ValueError(f"num_samples: asked for {num_samples} samples but data gave only {seen}")
+    return seen
+
+
 @torch.no_grad()
 def precise_bn(model: nn.Module, data, num_samples: int, estimator: str = "pooled") -> int:
     """Recompute every BN's running_mean / running_var from at least `num_samples` samples of `data`.
@@ -221,56 +287,16 @@ def precise_bn(model: nn.Module, data, num_samples: int, estimator: str = "poole
     seen. Parameters, num_batches_tracked and every module's train/eval mode are unchanged afterwards; on an error the
     running statistics are restored too. Returns the number of samples used. Per process (no all-reduce for SyncBN).
     """
-    if isinstance(num_samples, bool) or not (isinstance(num_samples, int) and num_samples > 0):
-        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
-    if estimator not in ("pooled", "batch-average"):
-        raise ValueError(f"estimator: expected 'pooled' or 'batch-average', got {estimator!r}")
-    bns = [m for m in model.modules() if _is_bn(m) and m.running_mean is not None]
-    if not bns:
-        raise ValueError("model: no BatchNorm layer with running statistics to recompute")
-    lp = [type(m).__name__ for m in bns if getattr(m, "p", 2) != 2]
-    if lp:
-        raise ValueError(f"model: precise_bn recomputes mean and variance; Lp BN layers with p != 2 ({', '.join(lp)}) "
-                         f"keep another dispersion in running_var")
+    bns = _precise_bn_layers(model, num_samples, estimator)
     modes = {m: m.training for m in model.modules()}
     saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns}
-    acc: dict[nn.Module, list] = {m: [0, 0.0, 0.0, 0.0] for m in bns}   # n, sum n_b mean_b, M2 (pooled), sum var
-
-    def record(bn: nn.Module, args) -> None:
-        x = args[0]
-        dims = (0, *range(2, x.dim()))
-        nb = core.count(x, dims)
-        if nb == 0:
-            return
-        mean_b, var_b = (t.flatten() for t in core.statistics(x.double(), dims))
-        a = acc[bn]
-        n, mean = a[0], (a[1] / a[0] if a[0] else 0.0)
-        # Chan et al.: M2 of the union = M2 + M2_b + (mean_b - mean)^2 n nb / (n + nb)
-        a[2] = a[2] + nb * var_b + (mean_b - mean) ** 2 * (n * nb / (n + nb))
-        a[3] = a[3] + nb * var_b * (nb / (nb - 1) if nb > 1 else 1.0)
-        a[0], a[1] = n + nb, a[1] + nb * mean_b
-
-    handles = [m.register_forward_pre_hook(record) for m in bns]
-    device = next(iter(model.parameters()), bns[0].running_mean).device
-    seen = 0
+    moments = {m: _Moments() for m in bns}
+    handles = [m.register_forward_pre_hook(lambda bn, args: moments[bn].add(args[0])) for m in bns]
     try:
-        model.eval()
+        seen = _feed(model, bns, data, num_samples)
         for m in bns:
-            m.train()
-        for batch in data:
-            x = _first_tensor(batch)
-            model(x.to(device))
-            seen += x.shape[0]
-            if seen >= num_samples:
-                break
-        if seen < num_samples:
-            raise ValueError(f"num_samples: asked for {num_samples} samples but data gave only {seen}")
-        for m in bns:
-            n, total, m2, var_sum = acc[m]
-            if n < 2:
-                raise ValueError(f"data: a BN layer saw {n} value(s) per channel; need at least 2")
-            var = m2 / (n - 1) if estimator == "pooled" else var_sum / n
-            m.running_mean.copy_(total / n)
+            mean, var = moments[m].mean_var(estimator)
+            m.running_mean.copy_(mean)
             m.running_var.copy_(var)
     except BaseException:
         for m, (mean, var, _) in saved.items():

@@ -1,258 +1,49 @@
-"""The training loop: `train(cfg, out_dir, hooks=()) -> summary dict`.
+"""Training: `train(cfg, out_dir, hooks=()) -> summary dict`.
 
 Per step t (0-based): batch t of a seeded per-epoch permutation -> forward -> loss -> backward -> [DDP: average
 gradients] -> divergence check -> hooks(ctx) -> optimizer.step(). Metrics rows (step = number of updates done) go to
 out_dir/metrics.jsonl, hook rows to out_dir/diagnostics.jsonl, checkpoints to out_dir/checkpoint.pt, and a
 summary.json at the end. docs/training.md describes the files and the resume rule.
+
+This module assembles a run: the directory (lock, resume, overwrite), the processes (`--nproc` spawns them), the
+data, model and optimizer, and a normlab.loop.Trainer with the hooks of normlab.hooks. The config lives in
+normlab.config; its names are re-exported here.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed as dist_mod
-from . import models
-from . import records
-from .layers.factory import valid_specs
+from . import hooks as hk
+from . import models, records
+from .config import (IN_SHAPES, MAX_SEED, NON_RESULT_FIELDS, ConfigError, TrainConfig, check_model, check_model_kw,
+                     lr_at, model_kw_defaults, resume_mismatch)
+from .hooks import CHECKPOINT, DIAGNOSTICS, METRICS, SUMMARY, evaluate
+from .loop import StepContext, Trainer
+from .tools import convert_sync_batchnorm
 
 __all__ = ["TrainConfig", "StepContext", "ConfigError", "train", "evaluate", "resolve_device", "resume_mismatch",
-           "NON_RESULT_FIELDS", "check_model", "check_model_kw", "model_kw_defaults"]
+           "NON_RESULT_FIELDS", "check_model", "check_model_kw", "model_kw_defaults", "lr_at", "make_optimizer",
+           "loss_fn_for", "IN_SHAPES", "MAX_SEED"]
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-DIAGNOSTICS = "diagnostics.jsonl"
-SUMMARY = "summary.json"
 EVAL_SUBSET_SEED = 1234   # the fixed train/test subsets for accuracy do not depend on the run's seed
-
-
-MAX_SEED = 2**32 - 1
-
-
-class ConfigError(ValueError):
-    """A bad TrainConfig value; the message names the field and the expected form."""
-
-
-# What models.build passes itself; the other parameters of a model's constructor are its model_kw.
-_BUILD_SUPPLIES = {"self", "in_features", "in_shape", "num_classes", "norm", "d"}
-_BUILD_EXTRAS = {"init_std": 0.1}               # every model: the std of the gaussian/ioffe init
-_MODEL_CLASSES = {"mlp": "MLP", "vgg": "VGG", "linear": "DeepLinear", "resnet": "ResNet"}
-
-
-def model_kw_defaults(model: str) -> dict[str, Any]:
-    """The keywords `model` takes in model_kw and their defaults, read from its constructor's signature."""
-    import inspect
-    cls = getattr(models, _MODEL_CLASSES[model])
-    kw = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n not in _BUILD_SUPPLIES}
-    kw.update(_BUILD_EXTRAS)
-    if model == "resnet":
-        kw["zero_init_residual"] = True   # read by models.build itself
-    return kw
-
-
-def _kw_ok(value: Any, default: Any) -> str | None:
-    """None when `value` has the form of the parameter whose default is `default`, else the expected form."""
-    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) else "true or false"
-    if isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                                      for v in value)
-        return None if ok else "a list of positive integers, e.g. [100,100]"
-    if isinstance(default, int):
-        low = 0 if default == 0 else 1
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-        return None if ok else f"an integer >= {low}"
-    if isinstance(default, float):
-        return None if num(value) and value > 0 else "a finite number > 0"
-    if isinstance(default, str):   # a name the model checks itself (VGG's cfg may also be a list)
-        return None if isinstance(value, (str, list)) else "a name (string)"
-    return None
-
-
-def check_model_kw(model: str, kw: dict) -> None:
-    """ConfigError when model_kw has a keyword `model`'s constructor does not take, or a value of the wrong form."""
-    if model not in _MODEL_CLASSES:
-        return
-    known = model_kw_defaults(model)
-    unknown = sorted(set(kw) - set(known))
-    if unknown:
-        raise ConfigError(f"model_kw: {', '.join(unknown)} is not a keyword of model {model!r}; valid: "
-                          + ", ".join(f"{k}={json.dumps(v) if not isinstance(v, float) else v}"
-                                      for k, v in known.items()))
-    for k, v in kw.items():
-        want = _kw_ok(v, known[k])
-        if want is not None:
-            raise ConfigError(f"model_kw: {k} expected {want}, got {v!r}")
-
-
-IN_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-5k": (1, 28, 28), "cifar10": (3, 32, 32),
-             "synthetic-linear": (10,)}   # one input's shape per dataset, known without loading it
-
-
-def check_model(cfg: "TrainConfig") -> list[str]:
-    """Build cfg's model on its dataset's input shape (no data loaded) and, for a batch of at most 16 per process,
-    run one forward pass of zeros in train mode: catches a bad norm spec for the model's real channel counts
-    (gn:7 on 100 features), model_kw values the model refuses, and too few samples per batch for batch statistics
-    (--batch-size 1 with bn) before the data loads. Raises ConfigError naming the field; returns notes on what
-    the factory adapted (gn:G on a layer with fewer than G channels gets one group per channel)."""
-    from .layers import factory
-    shape = IN_SHAPES.get(cfg.dataset)
-    if shape is None:
-        return []
-    classes = shape[0] if cfg.model == "linear" else 10
-    try:
-        models.build(cfg.model, "none", shape, classes, cfg.init, **dict(cfg.model_kw))
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"model_kw: model {cfg.model!r} cannot be built with {cfg.model_kw}: {e}") from None
-    try:
-        model = models.build(cfg.model, cfg.norm, shape, classes, cfg.init, **dict(cfg.model_kw))
-    except (ValueError, TypeError, RuntimeError) as e:
-        forms = ", ".join(factory._FORMS.get(n, n) for n in valid_specs())
-        raise ConfigError(f"norm: {cfg.norm!r} does not fit model {cfg.model!r}: {e} (valid forms: {forms})") from None
-    local = cfg.batch_size // max(1, cfg.nproc)
-    if local <= 16:
-        try:
-            with torch.no_grad():
-                model.train()(torch.zeros(local, *shape))
-        except (ValueError, RuntimeError) as e:
-            raise ConfigError(f"batch_size: {local} sample(s) per process is too few for norm {cfg.norm!r} on "
-                              f"model {cfg.model!r} ({str(e).splitlines()[0]}); use a larger --batch-size") from None
-    name, _, arg = cfg.norm.strip().lower().partition(":")
-    groups = int(arg) if name == "gn" and arg.isdigit() else 32 if name == "gn" else None
-    small = [m.num_channels for m in model.modules() if groups and getattr(m, "num_groups", groups) < groups]
-    if small:
-        return [f"norm {cfg.norm}: {len(small)} layer(s) have fewer than {groups} channels ({min(small)} at least) "
-                f"and get one group per channel there"]
-    return []
-
-
-@dataclass
-class TrainConfig:
-    model: str = "mlp"                 # models.build name: mlp | vgg | linear | resnet
-    norm: str = "none"                 # factory spec: none | bn | gn:8 | ln | in | ...
-    dataset: str = "mnist"             # data.load name
-    optimizer: str = "sgd"             # sgd | adam
-    lr: float = 0.1
-    momentum: float = 0.0              # SGD momentum (Adam ignores it)
-    weight_decay: float = 0.0
-    batch_size: int = 60               # global batch (split evenly over DDP processes)
-    steps: int = 1000
-    seed: int = 0
-    eval_every: int = 100              # evaluate every N updates (and at 0 and at the end); 0 = only at 0 and the end
-    eval_samples: int = 1000           # size of the fixed test subset and train subset for accuracy; 0 = whole split
-    schedule: str = "constant"         # constant | step (lr * lr_gamma ** (number of milestones <= step))
-    lr_milestones: tuple = ()
-    lr_gamma: float = 0.1
-    device: str = "auto"               # auto | cpu | cuda | cuda:N
-    loss: str = "auto"                 # ce | mse | auto (ce for classification, mse for regression datasets)
-    init: str = "default"              # models.build init scheme
-    model_kw: dict = field(default_factory=dict)
-    augment: bool = False              # random flips and 4-pixel crops of training batches (CIFAR)
-    train_samples: int = 0             # train on a fixed subset of this many training samples; 0 = all
-    deterministic: bool = False        # torch.use_deterministic_algorithms for the run
-    checkpoint_every: int = 1000       # 0 = no checkpoints
-    diverge_loss: float | None = None  # loss above this ends the run; None = 1000 * max(1, loss at step 0)
-    log_every: int = 0                 # loss-only rows between evaluations; 0 = none
-    progress: bool = True              # tqdm bar (only when stderr is a terminal)
-    verbose: bool = True               # one line on stderr: dataset, source, device (and divergence)
-    nproc: int = 1                     # processes for data-parallel training (spawned on loopback)
-    sync_bn: bool = False              # convert BN layers to normlab's SyncBatchNorm when nproc > 1
-    dist_timeout: float = 120.0        # seconds before a collective gives up
-    data_root: str | None = None       # data dir (default $NORMLAB_DATA or ~/.cache/normlab)
-
-    def validate(self) -> "TrainConfig":
-        def bad(name: str, want: str) -> ConfigError:
-            return ConfigError(f"{name}: expected {want}, got {getattr(self, name)!r}")
-        if self.model not in models.names():
-            raise bad("model", "one of " + ", ".join(models.names()))
-        spec = self.norm.strip().lower().partition(":")[0] if isinstance(self.norm, str) else None
-        if spec not in valid_specs():
-            raise bad("norm", "a norm spec, one of " + ", ".join(valid_specs()) + " (some take ':N', e.g. gn:8)")
-        if self.dataset not in data_mod.names():
-            raise bad("dataset", "one of " + ", ".join(data_mod.names()))
-        if self.optimizer not in ("sgd", "adam"):
-            raise bad("optimizer", "'sgd' or 'adam'")
-        for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise bad(name, "a finite number >= 0")
-        if self.lr <= 0:
-            raise bad("lr", "a positive learning rate")
-        for name in ("batch_size", "nproc"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise bad(name, "a positive integer")
-        for name in ("steps", "eval_every", "eval_samples", "checkpoint_every", "log_every", "seed", "train_samples"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                raise bad(name, "an integer >= 0")
-        if self.seed > MAX_SEED:
-            raise bad("seed", f"an integer from 0 to {MAX_SEED} (NumPy's seed range)")
-        if self.batch_size % self.nproc:
-            raise bad("batch_size", f"a multiple of nproc={self.nproc} (the global batch is split evenly)")
-        if self.schedule not in ("constant", "step"):
-            raise bad("schedule", "'constant' or 'step'")
-        if self.loss not in ("auto", "ce", "mse"):
-            raise bad("loss", "'ce', 'mse' or 'auto'")
-        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if self.diverge_loss is not None and not self.diverge_loss > 0:
-            raise bad("diverge_loss", "a positive number or None")
-        if not isinstance(self.model_kw, dict):
-            raise bad("model_kw", "a dict of keyword arguments for models.build")
-        check_model_kw(self.model, self.model_kw)
-        return self
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
-
-    def canonical(self) -> dict:
-        """to_dict() as it reads back from JSON (tuples become lists): the form configs are compared in."""
-        return json.loads(json.dumps(self.to_dict()))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"config: unknown field(s) {', '.join(unknown)}")
-        d = dict(d)
-        if "lr_milestones" in d:
-            d["lr_milestones"] = tuple(d["lr_milestones"])
-        return cls(**d)
-
-
-class StepContext:
-    """What a hook sees at step t: after loss.backward() (and DDP gradient averaging), before optimizer.step().
-
-    Fields: step, model (the bare module, never a DDP wrapper), x, y (this step's batch), loss_fn(outputs, y) -> scalar,
-    optimizer, lr, loss (float; read lazily so that a run without hooks never waits for it), loss_tensor."""
-
-    __slots__ = ("step", "model", "x", "y", "loss_fn", "optimizer", "lr", "loss_tensor", "_loss")
-
-    def __init__(self, step: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
-                 optimizer: torch.optim.Optimizer, lr: float, loss_tensor: torch.Tensor,
-                 loss: float | None = None) -> None:
-        self.step, self.model, self.x, self.y, self.loss_fn = step, model, x, y, loss_fn
-        self.optimizer, self.lr, self.loss_tensor, self._loss = optimizer, lr, loss_tensor, loss
-
-    @property
-    def loss(self) -> float:
-        if self._loss is None:
-            self._loss = float(self.loss_tensor)
-        return self._loss
+LOCKED_DIR_ENV = "NORMLAB_LOCKED_DIR"   # set for spawned ranks: their parent holds the run directory's lock
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """The torch.device of a --device spec: auto (CUDA when available), cpu, cuda (this rank's GPU) or cuda:N."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
@@ -262,20 +53,11 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, classify: bool,
-             chunk: int = 1000) -> tuple[float, float | None]:
-    """(mean loss, accuracy or None) of `model` in eval mode on (x, y), in chunks; restores the train/eval mode."""
-    was = model.training
-    model.eval()
-    total, correct, n = 0.0, 0, len(x)
-    for i in range(0, n, chunk):
-        out = model(x[i:i + chunk])
-        total += float(loss_fn(out, y[i:i + chunk])) * len(out)
-        if classify:
-            correct += int((out.argmax(1) == y[i:i + chunk]).sum())
-    model.train(was)
-    return total / max(n, 1), (correct / n if classify and n else None)
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """The optimizer cfg names (SGD with momentum/weight decay, or Adam) over `params`."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 _DATA_CACHE: dict[tuple, data_mod.Dataset] = {}
@@ -292,62 +74,62 @@ def _dataset(cfg: TrainConfig) -> data_mod.Dataset:
     return _DATA_CACHE[key]
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of cfg's schedule at `step` (constant, or multiplied by lr_gamma at each milestone)."""
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if step >= m)
-    return cfg.lr
+def loss_fn_for(cfg: TrainConfig, ds: data_mod.Dataset) -> tuple[Callable, bool]:
+    """(loss(out, y), is_classification) for cfg.loss on ds; "auto" is MSE for regression, cross-entropy otherwise."""
+    kind = cfg.loss if cfg.loss != "auto" else ("mse" if ds.task == "regression" else "ce")
+    if kind == "ce" and ds.task == "regression":
+        raise ConfigError(f"loss: 'ce' needs class labels but {ds.name} is a regression dataset; use 'mse'")
+    if kind == "mse" and ds.task == "classification":
+        num = ds.num_classes
+
+        def mse_onehot(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.mse_loss(out, nn.functional.one_hot(y, num).to(out.dtype))
+        return mse_onehot, True
+    return (nn.functional.cross_entropy if kind == "ce" else nn.functional.mse_loss), ds.task == "classification"
 
 
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """The optimizer cfg names (SGD with momentum/weight decay, or Adam) over `params`."""
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def _subset(n: int, k: int, salt: int) -> torch.Tensor:
+    """k fixed indices of range(n), sorted (all when k is 0 or >= n); they depend on `salt` only."""
+    if k == 0 or k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_SUBSET_SEED + salt))[:k].sort().values
 
 
-def _hook_name(hook: Any) -> str:
-    """The hook's `name` attribute, else a plain function's __name__, else its class name."""
-    name = getattr(hook, "name", None)
-    if not name and type(hook).__name__ == "function":
-        name = hook.__name__
-    return str(name or type(hook).__name__)
+class Batches:
+    """Batch t of the run: slice t % per_epoch of epoch (t // per_epoch)'s permutation, which is seeded by
+    (seed, epoch) alone; so the data order is a pure function of the step and resuming needs no sampler state.
+    A partial last batch of an epoch is dropped. In DDP, rank r takes the r-th equal share of the global batch.
+    batches(t) -> (x, y) on x's device, randomly flipped and cropped when augment=True."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int, rank: int = 0, world: int = 1,
+                 augment: bool = False) -> None:
+        self.x, self.y, self.n, self.batch, self.seed, self.augment = x, y, len(x), batch, seed, augment
+        self.per_epoch = self.n // batch
+        self.local = batch // world
+        self.offset = rank * self.local
+        self.epoch, self.perm = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self.perm, self.epoch = torch.randperm(self.n, generator=g).to(self.x.device), epoch
+        start = i * self.batch + self.offset
+        return self.perm[start:start + self.local]
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices(step)
+        xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+        return (data_mod.augment(xb) if self.augment else xb), yb
 
 
-def _rows(result: Any) -> list[dict]:
-    if result is None:
-        return []
-    if isinstance(result, dict):
-        return [result]
-    return list(result)
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
-# Fields that do not change what a run computes (only how it is shown, logged or checkpointed, or which
-# processes' wall clock it takes): a resumed run may change them. `steps` may grow; `device` must keep its kind.
-NON_RESULT_FIELDS = ("progress", "verbose", "eval_every", "checkpoint_every", "log_every", "dist_timeout", "steps",
-                     "device")
-
-
-def _device_kind(spec: Any) -> str:
-    spec = str(spec)
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if spec.startswith("cuda") else "cpu"
-
-
-def resume_mismatch(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The result-changing fields in which a saved config (a checkpoint's or summary's) differs from `cfg`.
-
-    Everything but NON_RESULT_FIELDS must match; the device must be of the same kind ('auto' is what it resolves
-    to here, so 'auto' and 'cpu' match on a machine without CUDA)."""
-    now = cfg.canonical()
-    diff = sorted(k for k, v in now.items() if k not in NON_RESULT_FIELDS and saved.get(k) != v)
-    diff += sorted(k for k in saved if k not in now)   # a field this version does not know
-    if _device_kind(saved.get("device", "auto")) != _device_kind(cfg.device):
-        diff.append("device")
-    return diff
-
-
+# ------------------------------------------------------------------------------------------------------- entry point
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable] = (), resume: bool = False,
           overwrite: bool = False, tensorboard: bool = False) -> dict:
     """Train per `cfg`, writing metrics.jsonl, diagnostics.jsonl, checkpoint.pt and summary.json into out_dir.
@@ -359,13 +141,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable
     already finished, and starts afresh in an empty out_dir. A folder with records but no checkpoint is an error.
     resume=False refuses a folder that already holds a run's records unless overwrite=True (which deletes them).
     tensorboard=True also writes the metrics rows as TensorBoard scalars to out_dir/tensorboard (optional extra).
+    hooks: train hooks h(ctx: StepContext) -> row dict, list of rows, or None; they run on rank 0 only.
     Returns the summary dict ("diverged_at" is None or the step).
     """
     cfg = cfg.validate()
     out = Path(out_dir)
     rank, local_rank, world = dist_mod.env_world()
     # a --nproc parent holds the lock for its spawned ranks; under torchrun, rank 0 takes it
-    held_by_parent = os.environ.get(dist_mod.LOCKED_DIR_ENV) == str(out.resolve())
+    held_by_parent = os.environ.get(LOCKED_DIR_ENV) == str(out.resolve())
     lock = records.DirLock(out, "normlab train") if rank == 0 and not held_by_parent else contextlib.nullcontext()
     with lock:
         out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +158,167 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, hooks: Sequence[Callable
             if isinstance(old, dict) and not resume_mismatch(old, cfg) and old.get("steps") == cfg.steps:
                 return saved
         if world == 1 and cfg.nproc > 1:
-            dist_mod.spawn(cfg, str(out), hooks, resume, overwrite, tensorboard)
+            dist_mod.spawn(train, cfg.nproc, (cfg, str(out), tuple(hooks), resume, overwrite, tensorboard),
+                           env={LOCKED_DIR_ENV: str(out.resolve())})
             return records.read_json(out / SUMMARY)
-        from .loop import run   # the loop body lives in its own module (size)
         return run(cfg, out, list(hooks), resume, rank, local_rank, world, overwrite, tensorboard)
+
+
+def run(cfg: TrainConfig, out: Path, hooks: list, resume: bool, rank: int, local_rank: int, world: int,
+        overwrite: bool = False, tensorboard: bool = False) -> dict:
+    """One process's run (rank `rank` of `world`), resumable from a checkpoint; train() calls it."""
+    device = resolve_device(cfg.device, local_rank)
+    state = _resume_state(cfg, out, resume, overwrite)
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist_mod.init(device, cfg.dist_timeout)
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _run(cfg, out, hooks if rank == 0 else [], state, device, rank, world, overwrite, tensorboard)
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        if world > 1:
+            dist_mod.shutdown()
+
+
+def _resume_state(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to continue from (resume=True), checked against cfg; None for a fresh run.
+
+    Errors: resume with records but no checkpoint; a checkpoint of another config (result-changing fields only);
+    fewer steps than the checkpoint has done; extending a run that diverged."""
+    ckpt_path = out / CHECKPOINT
+    if not resume:
+        return None
+    if not ckpt_path.exists():
+        left = [n for n in (METRICS, SUMMARY) if (out / n).exists()]
+        if left and not overwrite:
+            raise ConfigError(f"resume: {out} holds {', '.join(left)} but no {CHECKPOINT} to continue from (the run "
+                              f"had checkpoint_every=0 or was stopped before its first checkpoint); run again "
+                              f"without --resume and with --overwrite to start it over")
+        return None
+    state = ckpt.load_checkpoint(ckpt_path)
+    diff = resume_mismatch(state["config"], cfg)
+    if diff:
+        shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {cfg.canonical().get(k)!r}" for k in diff)
+        raise ConfigError(f"resume: {ckpt_path} was written by a different config (fields {', '.join(diff)} "
+                          f"differ: {shown}); only {', '.join(NON_RESULT_FIELDS)} may change on resume")
+    if cfg.steps < state["step"]:
+        raise ConfigError(f"steps: {cfg.steps} is fewer than the {state['step']} steps {ckpt_path} has done; on "
+                          f"resume --steps may only stay or grow")
+    if state.get("diverged") and cfg.steps > state["step"]:
+        raise ConfigError(f"steps: the run in {out} diverged at step {state['step']}; it cannot be extended")
+    return state
+
+
+@dataclass
+class _Setup:
+    """What a run trains: the data (on the device), the model, its optimizer and loss, the fixed evaluation subsets."""
+
+    ds: data_mod.Dataset
+    batches: Batches
+    model: nn.Module
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    loss_fn: Callable
+    evaluator: hk.Evaluator
+
+
+def _setup(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> _Setup:
+    """Seed, load and subset the data, build the model (SyncBN, rank 0's weights), optimizer, loss and evaluator.
+
+    The order of these calls fixes what the seeded random stream gives each of them: keep it."""
+    _seed_all(cfg.seed)
+    ds = _dataset(cfg)
+    x_train, y_train = ds.x_train, ds.y_train
+    if cfg.train_samples:
+        if cfg.train_samples > len(x_train):
+            raise ConfigError(f"train_samples: {cfg.train_samples} is more than the {ds.name} training set has "
+                              f"({len(x_train)} samples)")
+        keep = _subset(len(x_train), cfg.train_samples, 2)
+        x_train, y_train = x_train[keep], y_train[keep]
+    if cfg.batch_size > len(x_train):
+        raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the {ds.name} training set "
+                          f"({len(x_train)} samples{' kept by train_samples' if cfg.train_samples else ''})")
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    model = models.build(cfg.model, cfg.norm, ds.in_shape, ds.num_classes, cfg.init, **dict(cfg.model_kw)).to(device)
+    if world > 1 and cfg.sync_bn:
+        model = convert_sync_batchnorm(model)
+    if world > 1:
+        dist_mod.broadcast_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg, params)
+    loss_fn, classify = loss_fn_for(cfg, ds)
+    ev_tr, ev_te = _subset(len(x_train), cfg.eval_samples, 0), _subset(len(ds.x_test), cfg.eval_samples, 1)
+    splits = {"train": (x_train[ev_tr.to(device)], y_train[ev_tr.to(device)]),
+              "test": (ds.x_test[ev_te].to(device), ds.y_test[ev_te].to(device))}
+    batches = Batches(x_train, y_train, cfg.batch_size, cfg.seed, rank, world, cfg.augment)
+    return _Setup(ds, batches, model, params, opt, loss_fn, hk.Evaluator(model, splits, loss_fn, classify))
+
+
+def _prepare_dir(cfg: TrainConfig, out: Path, state: dict | None, overwrite: bool) -> list[dict]:
+    """Rank 0: make out_dir hold exactly what the run continues from; returns the metrics rows already written.
+
+    Resume: drop the rows written after the checkpoint (they are recomputed identically) and the summary of a run
+    that is being extended. Fresh: refuse a folder with a run's records unless overwrite, then write config.json."""
+    metrics, diagnostics = out / METRICS, out / DIAGNOSTICS
+    if state is not None:
+        start = state["step"]
+        rows = [r for r in ckpt.read_jsonl(metrics) if r["step"] <= start]
+        ckpt.append_jsonl_atomic(metrics, rows, rewrite=True)
+        diag = [r for r in ckpt.read_jsonl(diagnostics) if r["step"] < start]
+        ckpt.append_jsonl_atomic(diagnostics, diag, rewrite=True)
+        if start < cfg.steps and (out / SUMMARY).exists():
+            (out / SUMMARY).unlink()   # extending a finished run (--steps grew): it is no longer finished
+        return rows
+    existing = [p for p in (metrics, diagnostics, out / CHECKPOINT, out / SUMMARY) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); pass --resume to "
+                          f"continue it, or --overwrite to delete it and start over")
+    for p in existing:
+        p.unlink()
+    ckpt.write_json_atomic(out / "config.json", cfg.to_dict())
+    return []
+
+
+def _run(cfg: TrainConfig, out: Path, hooks: list, state: dict | None, device: torch.device, rank: int, world: int,
+         overwrite: bool = False, tensorboard: bool = False) -> dict:
+    """Set up, restore the checkpoint `state` (if any), and train with the hooks of normlab.hooks."""
+    s = _setup(cfg, device, rank, world)
+    start, elapsed = 0, 0.0
+    if state is not None:
+        s.model.load_state_dict(state["model"])
+        s.opt.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start, elapsed = state["step"], state["elapsed"]
+    lead = rank == 0
+    rows = _prepare_dir(cfg, out, state, overwrite) if lead else []
+    if lead and cfg.verbose:
+        print(f"normlab train: {s.ds.name} from {s.ds.source}; model {cfg.model} norm {cfg.norm} on {device}"
+              + (f" x{world} processes" if world > 1 else "") + (f"; resuming at step {start}" if state else ""),
+              file=sys.stderr)
+    rec = hk.Records(out, rows, hk.TensorBoard(out, start) if tensorboard and lead else None) if lead else None
+    reduce = (lambda loss: dist_mod.average_gradients(s.params, loss, world)) if world > 1 else None
+    trainer = Trainer(s.model, s.opt, s.loss_fn, s.batches, reduce, elapsed)
+    # on GPU, read the loss back in groups to avoid a sync per step
+    monitor = hk.LossMonitor(cfg, 1 if device.type == "cpu" else 16, bool(hooks), state)
+    info = {"dataset": s.ds.name, "source": s.ds.source, "train_size": s.batches.n, "test_size": len(s.ds.x_test),
+            "eval_sizes": {k: len(x) for k, (x, _) in s.evaluator.splits.items()}, "device": str(device),
+            "world_size": world, "num_params": sum(p.numel() for p in s.model.parameters()),
+            "config": cfg.canonical()}
+    summary = hk.Summary(cfg, monitor, rec, device, info, out / SUMMARY if lead else None)
+    trainer.register([hk.LRSchedule(cfg), monitor])
+    if lead:   # the records, the user's hooks and the console are rank 0's; every rank holds the same weights
+        trainer.register([hk.Instruments(hooks, rec, monitor), hk.Metrics(cfg, rec, monitor, s.evaluator),
+                          hk.Progress(cfg, rec, monitor), summary])
+        trainer.register([hk.Checkpointer(cfg, out, rec, monitor)] if cfg.checkpoint_every else [])
+    else:
+        trainer.register([summary])
+    trainer.train(start, cfg.steps)
+    if lead and cfg.verbose and monitor.diverged_at is not None:
+        print(f"normlab train: diverged at step {monitor.diverged_at} (loss {monitor.acc['last_loss']})",
+              file=sys.stderr)
+    return summary.summary

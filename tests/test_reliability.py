@@ -464,8 +464,8 @@ def test_ctrl_c_says_how_to_resume(root, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------- 6. logs readable anywhere
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(root, tmp_path, monkeypatch, capsys):
-    from normlab import loop
-    monkeypatch.setattr(loop, "PLAIN_PROGRESS_S", 0.0)   # a line per step (30 s apart normally)
+    from normlab import hooks
+    monkeypatch.setattr(hooks, "PLAIN_PROGRESS_S", 0.0)   # a line per step (30 s apart normally)
     train(cfg_for(root, steps=6, eval_every=3, progress=True, verbose=False), tmp_path)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("normlab train: step")]
     assert len(lines) == 6 and lines[-1].startswith("normlab train: step 6/6 (100%), loss ")

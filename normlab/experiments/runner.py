@@ -27,18 +27,17 @@ from pathlib import Path
 from typing import Callable
 
 from .. import records
+from ..util import duration
+from ..report import write_report
 from .base import Experiment, Outcome, Result, Run, Verdict
+from .facts import finish
+from .registry import ids
 
 Echo = Callable[[str], None]
 
 
 def _echo(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def run_dir(out: Path, run: Run) -> Path:
@@ -179,107 +178,121 @@ def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Pa
 
 def _reproduce_locked(experiments: list[Experiment], scale: str, out: Path, seeds: int | None, device: str,
                       jobs: int, threads: int, echo: Echo, report: bool) -> dict:
-    t_start = time.perf_counter()
-
-    plans: dict[str, tuple[Experiment, object, list[Run]]] = {}
-    for exp in experiments:
-        sc = exp.scale(scale)
-        runs = exp.runs(sc, exp.seeds(sc, seeds), device=device)
-        keys = [r.key for r in runs]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"{exp.id}: two runs share one configuration (hash); runs must differ")
-        plans[exp.id] = (exp, sc, runs)
-
-    done: dict[str, dict[str, Result]] = {eid: {} for eid in plans}
-    pending: dict[str, tuple[Experiment, Run, list[str]]] = {}   # key -> (executing experiment, run, consumers)
-    for eid, (exp, sc, runs) in plans.items():
-        for r in runs:
-            res = load_result(out, r, echo)
-            if res is not None:
-                done[eid][r.key] = Result(r, res.dir, res.summary, cached=True)
-            elif r.key in pending:
-                pending[r.key][2].append(eid)   # the same run serves another experiment: run it once
-            else:
-                pending[r.key] = (exp, r, [eid])
-    total = len({r.key for p in plans.values() for r in p[2]})
-    n_cached = total - len(pending)
-    echo(f"normlab reproduce --scale {scale}: {len(plans)} experiment(s), {total} runs "
-         f"({n_cached} reused, {len(pending)} to run) with {jobs} worker(s) x {threads} thread(s) -> {out}")
-
-    failed: dict[str, list[str]] = {eid: [] for eid in plans}
-    analyzed: set[str] = set()
-    counter = {"n": 0}
-    n_new = len(pending)
-
-    def maybe_analyze(eid: str) -> None:
-        exp, sc, runs = plans[eid]
-        if eid in analyzed or len(done[eid]) + len(failed[eid]) < len(runs):
-            return
-        analyzed.add(eid)
-        _finish_experiment(exp, sc, runs, done[eid], failed[eid], out, scale, seeds, device, echo)
-
-    def on_done(key: str, summary: dict | None, err: str | None) -> None:
-        exp, run, consumers = pending[key]
-        counter["n"] += 1
-        k = counter["n"]
-        elapsed = time.perf_counter() - t_start
-        if err is None:
-            wall = summary.get("wall_s", 0.0)
-            echo(f"  [{k}/{n_new}] {run.exp} {run.label}: done in {wall:.1f}s "
-                 f"(elapsed {_duration(elapsed)}, ~{_duration(elapsed / k * (n_new - k))} left)")
-        else:
-            last = err.strip().splitlines()[-1]
-            d = run_dir(out, run)
-            d.mkdir(parents=True, exist_ok=True)
-            _write_text(d / "error.txt", err)
-            echo(f"  [{k}/{n_new}] {run.exp} {run.label}: FAILED — {last}")
-        for eid in consumers:
-            mine = next(r for r in plans[eid][2] if r.key == key)
-            if err is None:
-                done[eid][key] = Result(mine, run_dir(out, run), summary)
-            else:
-                failed[eid].append(f"{mine.label}: {last}")
-            maybe_analyze(eid)
-
-    for eid in plans:
-        maybe_analyze(eid)   # experiments whose runs are all cached
+    rep = _Reproduction(experiments, scale, out, seeds, device, echo)
+    echo(f"normlab reproduce --scale {scale}: {len(rep.plans)} experiment(s), {rep.total} runs "
+         f"({rep.n_cached} reused, {len(rep.pending)} to run) with {jobs} worker(s) x {threads} thread(s) -> {out}")
+    for eid in rep.plans:
+        rep.maybe_analyze(eid)   # experiments whose runs are all cached
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
     try:
-        if jobs == 1 or len(pending) <= 1:
-            _tune_malloc()
-            for key, (exp, run, _) in list(pending.items()):
-                echo(f"  → {run.exp} {run.label} …")
-                try:
-                    summary = execute(exp, run, out)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception:
-                    on_done(key, None, traceback.format_exc())
-                else:
-                    on_done(key, summary, None)
+        if jobs == 1 or len(rep.pending) <= 1:
+            rep.run_here()
         else:
-            _run_pool(pending, out, jobs, threads, on_done, echo)
+            _run_pool(rep.pending, out, jobs, threads, rep.on_done, echo)
     except KeyboardInterrupt:
-        echo(f"\ninterrupted: {counter['n']} new run(s) finished and kept; rerun the same command to resume")
+        echo(f"\ninterrupted: {rep.n_finished} new run(s) finished and kept; rerun the same command to resume")
         raise
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, old_term)
-
-    verdicts = {}
-    for eid in plans:
-        path = out / "results" / f"{eid}.json"
-        if path.exists():
-            verdicts[eid] = _read_result(path)["outcome"]["verdict"]["outcome"]
-    result = {"verdicts": verdicts, "failed": {k: v for k, v in failed.items() if v}, "out": str(out),
-              "wall_s": time.perf_counter() - t_start, "runs": total, "reused": n_cached}
+    result = rep.result()
     if report:
-        from ..report import write_report
         paths = write_report(out)
         result["report"] = str(paths["html"])
         result["report_md"] = str(paths["md"])
     return result
+
+
+class _Reproduction:
+    """The state of one `reproduce`: each experiment's plan (scale, runs), the finished runs (cached or new), the
+    runs still to do (each once, however many experiments consume it), the failures; an experiment is analyzed as
+    soon as all its runs are finished or failed."""
+
+    def __init__(self, experiments: list[Experiment], scale: str, out: Path, seeds: int | None, device: str,
+                 echo: Echo) -> None:
+        self.scale, self.out, self.seeds, self.device, self.echo = scale, out, seeds, device, echo
+        self.t_start = time.perf_counter()
+        self.plans: dict[str, tuple[Experiment, object, list[Run]]] = {}
+        for exp in experiments:
+            sc = exp.scale(scale)
+            runs = exp.runs(sc, exp.seeds(sc, seeds), device=device)
+            keys = [r.key for r in runs]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"{exp.id}: two runs share one configuration (hash); runs must differ")
+            self.plans[exp.id] = (exp, sc, runs)
+        self.done: dict[str, dict[str, Result]] = {eid: {} for eid in self.plans}
+        self.pending: dict[str, tuple[Experiment, Run, list[str]]] = {}   # key -> (executing exp, run, consumers)
+        for eid, (exp, sc, runs) in self.plans.items():
+            for r in runs:
+                res = load_result(out, r, echo)
+                if res is not None:
+                    self.done[eid][r.key] = Result(r, res.dir, res.summary, cached=True)
+                elif r.key in self.pending:
+                    self.pending[r.key][2].append(eid)   # the same run serves another experiment: run it once
+                else:
+                    self.pending[r.key] = (exp, r, [eid])
+        self.total = len({r.key for p in self.plans.values() for r in p[2]})
+        self.n_cached = self.total - len(self.pending)
+        self.n_new = len(self.pending)
+        self.n_finished = 0
+        self.failed: dict[str, list[str]] = {eid: [] for eid in self.plans}
+        self.analyzed: set[str] = set()
+
+    def maybe_analyze(self, eid: str) -> None:
+        exp, sc, runs = self.plans[eid]
+        if eid in self.analyzed or len(self.done[eid]) + len(self.failed[eid]) < len(runs):
+            return
+        self.analyzed.add(eid)
+        _finish_experiment(exp, sc, runs, self.done[eid], self.failed[eid], self.out, self.scale, self.seeds,
+                           self.device, self.echo)
+
+    def on_done(self, key: str, summary: dict | None, err: str | None) -> None:
+        """Record a finished (err None) or failed run, then analyze the experiments it completes."""
+        exp, run, consumers = self.pending[key]
+        self.n_finished += 1
+        k, n = self.n_finished, self.n_new
+        elapsed = time.perf_counter() - self.t_start
+        if err is None:
+            self.echo(f"  [{k}/{n}] {run.exp} {run.label}: done in {summary.get('wall_s', 0.0):.1f}s "
+                      f"(elapsed {duration(elapsed)}, ~{duration(elapsed / k * (n - k))} left)")
+        else:
+            last = err.strip().splitlines()[-1]
+            d = run_dir(self.out, run)
+            d.mkdir(parents=True, exist_ok=True)
+            _write_text(d / "error.txt", err)
+            self.echo(f"  [{k}/{n}] {run.exp} {run.label}: FAILED — {last}")
+        for eid in consumers:
+            mine = next(r for r in self.plans[eid][2] if r.key == key)
+            if err is None:
+                self.done[eid][key] = Result(mine, run_dir(self.out, run), summary)
+            else:
+                self.failed[eid].append(f"{mine.label}: {last}")
+            self.maybe_analyze(eid)
+
+    def run_here(self) -> None:
+        """Execute the pending runs one after another in this process."""
+        _tune_malloc()
+        for key, (exp, run, _) in list(self.pending.items()):
+            self.echo(f"  → {run.exp} {run.label} …")
+            try:
+                summary = execute(exp, run, self.out)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception:
+                self.on_done(key, None, traceback.format_exc())
+            else:
+                self.on_done(key, summary, None)
+
+    def result(self) -> dict:
+        """{"verdicts", "failed", "out", "wall_s", "runs", "reused"} from results/<id>.json."""
+        verdicts = {}
+        for eid in self.plans:
+            path = self.out / "results" / f"{eid}.json"
+            if path.exists():
+                verdicts[eid] = _read_result(path)["outcome"]["verdict"]["outcome"]
+        return {"verdicts": verdicts, "failed": {k: v for k, v in self.failed.items() if v}, "out": str(self.out),
+                "wall_s": time.perf_counter() - self.t_start, "runs": self.total, "reused": self.n_cached}
 
 
 def _run_pool(pending: dict, out: Path, jobs: int, threads: int, on_done, echo: Echo, restarts: int = 2) -> None:
@@ -332,7 +345,6 @@ def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Res
             outcome = Outcome(Verdict(exp.claim, "inconclusive", float("nan"), "analysis failed",
                                       err.strip().splitlines()[-1]))
             failed.append(f"analysis: {err.strip().splitlines()[-1]}")
-    from .facts import finish
     outcome, extras = finish(exp, sc, results, outcome)
     compute_s = sum(r.wall_s for r in results)
     sources = sorted({str(r.summary.get("dataset_source") or r.summary.get("source") or "") for r in results} - {""})
@@ -370,7 +382,6 @@ def _read_result(path: Path) -> dict:
 
 
 def _order(exp_id: str) -> int:
-    from .registry import ids
     return ids().index(exp_id) if exp_id in ids() else 999
 
 
@@ -383,7 +394,7 @@ def verdict_table(out: str | Path) -> str:
         num = v["value"]
         num_s = v.get("shown") or ("—" if num is None or num != num else f"{num:.3g}")
         core = v.get("core_supported") or ["?", "?"]
-        rows.append((rec["id"], rec["scale"], v["outcome"], f"{core[0]}/{core[1]}", num_s, _duration(rec["compute_s"])))
+        rows.append((rec["id"], rec["scale"], v["outcome"], f"{core[0]}/{core[1]}", num_s, duration(rec["compute_s"])))
     head = ("experiment", "scale", "verdict", "core parts", "deciding: estimate [95% CI]", "compute")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731

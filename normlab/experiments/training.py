@@ -7,13 +7,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..config import TrainConfig
+from ..train import train
+
 
 def train_config(**kw: Any) -> dict:
     """The full TrainConfig as a dict, defaults included, so a run's hash covers every setting.
 
     Building the TrainConfig here also validates the arguments before any run starts.
     """
-    from ..train import TrainConfig
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(kw) - known)
     if unknown:
@@ -48,7 +50,6 @@ class Progress:
 
 def train_run(exp: Any, run: Any, out_dir: Path) -> dict:
     """Train run.config["train"] with exp.hooks(run) attached; returns train's summary."""
-    from ..train import TrainConfig, train
     cfg = TrainConfig.from_dict(run.config["train"])
     hooks = list(exp.hooks(run)) + [Progress(f"{run.exp} {run.label}", cfg.steps)]
     return train(cfg, out_dir, hooks=hooks, resume=True)
