@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .datasets import offline
+
 # Bump when the on-disk record format changes: every cached run then counts as missing.
 RECORD_VERSION = 2   # 2: run configs carry the identity of the data read (data.identity)
 SCALES = ("paper", "quick", "smoke")
@@ -244,12 +246,10 @@ class Experiment:
 
     def dataset_of(self, scale: Scale) -> str:
         """The dataset the runs use: the scale's, or its offline stand-in (common.offline)."""
-        from .common import offline   # common builds on this module
         return offline(str(scale.params.get("dataset", "")))
 
     def fallback(self, scale: Scale) -> tuple[str, str] | None:
         """(declared, used) when the scale's dataset is missing and a stand-in replaces it, else None."""
-        from .common import offline
         declared = str(scale.params.get("dataset", ""))
         used = offline(declared)
         return (declared, used) if declared and used != declared else None

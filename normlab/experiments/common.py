@@ -3,11 +3,11 @@ back as per-seed numbers and seed-aggregated curves."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Callable, Iterable, Sequence
 
 from ..report import series
 from .base import Result, Run, finite
+from .datasets import available, offline, pick_dataset  # noqa: F401  (re-exported for the experiments)
 from .training import train_config
 
 
@@ -22,35 +22,6 @@ def train_run(exp: str, group: str, seed: int, instruments: list | None = None, 
     if extra:
         cfg["extra"] = dict(extra)
     return Run(exp, group, seed, cfg)
-
-
-@lru_cache(maxsize=None)
-def available(name: str) -> bool:
-    """Whether dataset `name` can be loaded offline (without a download)."""
-    from .. import data
-    try:
-        data.load(name, download=False)
-    except Exception:
-        return False
-    return True
-
-
-def pick_dataset(preferred: Sequence[str]) -> str:
-    """The first of `preferred` that is available offline (the report names the one used)."""
-    for name in preferred:
-        if available(name):
-            return name
-    raise RuntimeError(f"dataset: none of {list(preferred)} is available offline; see docs/experiments.md")
-
-
-# MNIST is carried by the package; Fashion-MNIST comes from Debian. When it is missing, MNIST stands in and the
-# report says so in a banner (Experiment.fallbacks).
-_FALLBACKS = {"fashion-mnist": ["fashion-mnist", "mnist"]}
-
-
-def offline(name: str) -> str:
-    """`name`, or the first available stand-in for it (fashion-mnist -> mnist); others unchanged."""
-    return pick_dataset(_FALLBACKS[name]) if name in _FALLBACKS else name
 
 
 def groups(results: Iterable[Result]) -> dict[str, list[Result]]:

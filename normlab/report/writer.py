@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..records import atomic_write_text
+from ..util import duration as _duration
 from .figures import draw
 
 VERDICT_RULE = ("Each part of a claim is decided by a rule written in its experiment module before any run: the "
@@ -49,11 +50,6 @@ def _cell(v: object) -> str:
 
 def _md_escape(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _parts(v: dict) -> str:
