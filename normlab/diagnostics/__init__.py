@@ -20,6 +20,8 @@ from .hooks import (HOOKS, BoundHook, DistributionsHook, HessianHook, ICSHook, L
                     build_hook)
 from .ics import ics, simulate_step
 from .landscape import SPAN_LINEAR, SPAN_VGG, landscape, multipliers_for
+from .landscape2d import (BN_MODES, Direction, checkpoint_direction, filter_normalize, gradient_direction,
+                          interpolate, random_direction, surface)
 from .spectrum import (KINDS, collect_batches, density_on_grid, hutchpp_trace, lanczos, power_iteration,
                        select_params, slq_density, spectrum)
 from .summary import INSTRUMENTS, diagnose, format_table, parse_what
@@ -29,4 +31,6 @@ __all__ = ["distributions", "DistributionTracker", "unit_percentiles", "DEFAULT_
            "HessianOperator", "theorem41", "bn_layers", "ICSHook", "LandscapeHook", "HessianHook",
            "DistributionsHook", "BoundHook", "HOOKS", "build_hook", "diagnose", "format_table", "parse_what",
            "INSTRUMENTS", "resolve_layers", "weight_layers", "stochastic_layers", "SpectrumHook", "KINDS", "lanczos", "power_iteration",
-           "slq_density", "hutchpp_trace", "density_on_grid", "spectrum", "select_params", "collect_batches"]
+           "slq_density", "hutchpp_trace", "density_on_grid", "spectrum", "select_params", "collect_batches",
+           "BN_MODES", "Direction", "checkpoint_direction", "filter_normalize", "gradient_direction", "interpolate",
+           "random_direction", "surface"]
