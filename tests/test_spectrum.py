@@ -235,7 +235,7 @@ def test_spectrum_row_and_bad_input():
     model = bn_net()
     x, y = data(classes=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    row = S.spectrum(model, F.cross_entropy, x, y, k=2, density_probes=2, density_steps=6)
+    row = S.hessian_spectrum(model, F.cross_entropy, x, y, k=2, density_probes=2, density_steps=6)
     assert set(row) >= {"top", "bottom", "converged", "trace", "trace_stderr", "density_nodes", "finite", "dim"}
     assert "top_vectors" not in row and row["finite"] and row["params"] == 5
     for k, v in model.state_dict().items():

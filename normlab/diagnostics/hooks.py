@@ -15,7 +15,7 @@ from .distributions import DEFAULT_PERCENTILES, DistributionTracker
 from .hessian import hessian_trace, top_eigenvalue
 from .ics import ics
 from .landscape import SPAN_VGG, _check_multipliers, landscape, multipliers_for
-from .spectrum import KINDS, ParamSpec, _check_which, collect_batches, spectrum
+from .spectrum import KINDS, ParamSpec, _check_which, collect_batches, hessian_spectrum
 
 
 class _Scheduled:
@@ -107,7 +107,7 @@ def _check_kind(kind: str) -> None:
 
 class SpectrumHook(_Scheduled):
     """Top-k / bottom-k eigenvalues (Lanczos), Hutch++ trace and optionally SLQ nodes/weights; one row as
-    spectrum.spectrum(). data: None (the step's batch), or a fixed iterable of (x, y) batches (materialized once,
+    spectrum.hessian_spectrum(). data: None (the step's batch), or a fixed iterable of (x, y) batches (materialized once,
     first max_batches) so that every record measures the same loss, averaged over those batches."""
     name = "spectrum"
 
@@ -131,8 +131,8 @@ class SpectrumHook(_Scheduled):
 
     def measure(self, ctx: Any) -> dict:
         if self.data is None:
-            return spectrum(ctx.model, ctx.loss_fn, ctx.x, ctx.y, **self.kw)
-        row = spectrum(ctx.model, ctx.loss_fn, self.data, None, **self.kw)
+            return hessian_spectrum(ctx.model, ctx.loss_fn, ctx.x, ctx.y, **self.kw)
+        row = hessian_spectrum(ctx.model, ctx.loss_fn, self.data, None, **self.kw)
         row["batches"] = len(self.data)
         return row
 

@@ -540,7 +540,7 @@ def hutchpp_trace(op: HessianOperator, sketch: int = 20, tol: float = 1e-2, min_
             "finite": math.isfinite(tr) and math.isfinite(stderr)}
 
 
-def spectrum(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, k: int = 5, which: str = "both",
+def hessian_spectrum(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, k: int = 5, which: str = "both",
              kind: str = "hessian", params: ParamSpec = None, bn_mode: str = "train", tol: float = 1e-3,
              max_iter: int | None = None, trace: bool = True, trace_tol: float = 1e-2, density_probes: int = 0,
              density_steps: int = 60, seed: int = 0, keep_graphs: bool = True) -> dict:
