@@ -11,7 +11,8 @@ it is; eval mode keeps their passes from moving the running statistics), float64
 VGG case: VGG-11 width 1/8 with BN, float32, batch 32, training mode: the time of one Hessian-vector product in
 units of one training step (zero_grad + forward + backward + SGD momentum) for normlab's operator (graph kept) and
 the top eigenvalue (tol 1e-3) by each tool, BN in training mode (normlab, eigenthings) and in eval mode (all three:
-PyHessian always sets model.eval(), so it measures the running-statistics Hessian only). Times are medians of `reps` runs.
+PyHessian always sets model.eval(), so it measures the running-statistics Hessian only). Times are medians of
+`reps` runs.
 Run: `.venv/bin/python benchmarks/run.py --only spectra`."""
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ __all__ = ["distributions", "DistributionTracker", "unit_percentiles", "DEFAULT_
            "landscape", "multipliers_for", "SPAN_VGG", "SPAN_LINEAR", "top_eigenvalue", "hessian_trace",
            "HessianOperator", "theorem41", "bn_layers", "ICSHook", "LandscapeHook", "HessianHook",
            "DistributionsHook", "BoundHook", "HOOKS", "build_hook", "diagnose", "format_table", "parse_what",
-           "INSTRUMENTS", "resolve_layers", "weight_layers", "stochastic_layers", "SpectrumHook", "KINDS", "lanczos", "power_iteration",
+           "INSTRUMENTS", "resolve_layers", "weight_layers", "stochastic_layers", "SpectrumHook", "KINDS", "lanczos",
+           "power_iteration",
            "slq_density", "hutchpp_trace", "density_on_grid", "hessian_spectrum", "select_params", "collect_batches",
            "BN_MODES", "Direction", "checkpoint_direction", "filter_normalize", "gradient_direction", "interpolate",
            "random_direction", "surface"]

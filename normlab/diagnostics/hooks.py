@@ -107,8 +107,8 @@ def _check_kind(kind: str) -> None:
 
 class SpectrumHook(_Scheduled):
     """Top-k / bottom-k eigenvalues (Lanczos), Hutch++ trace and optionally SLQ nodes/weights; one row as
-    spectrum.hessian_spectrum(). data: None (the step's batch), or a fixed iterable of (x, y) batches (materialized once,
-    first max_batches) so that every record measures the same loss, averaged over those batches."""
+    spectrum.hessian_spectrum(). data: None (the step's batch), or a fixed iterable of (x, y) batches (materialized
+    once, first max_batches) so that every record measures the same loss, averaged over those batches."""
     name = "spectrum"
 
     def __init__(self, k: int = 5, which: str = "both", kind: str = "hessian", params: ParamSpec = None,

@@ -425,7 +425,8 @@ def slq_density(op: HessianOperator, steps: int = 60, probes: int | None = None,
     <= tol * (moment 2)^(p/2) (tol relative to the spectrum's rms). grid, sigma: the density on `grid` points over
     [min node - 3 sigma, max node + 3 sigma], a sum of Gaussians of width sigma (default 1% of the node range).
     Keys: nodes, weights (per probe; each probe's weights sum to 1), moments (p = 0..max_moment: the SLQ estimate
-    of tr(M^p)/n; needs max_moment >= 2), moment_stderr, probes, steps, converged, grid, density, sigma, iterations (products), finite.
+    of tr(M^p)/n; needs max_moment >= 2), moment_stderr, probes, steps, converged, grid, density, sigma,
+    iterations (products), finite.
     """
     _check_int("steps", steps, 1)
     _check_int("max_moment", max_moment, 2)
