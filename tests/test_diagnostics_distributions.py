@@ -114,3 +114,19 @@ def test_bad_input():
         distributions(model, x, hist_range=(1.0, -1.0))
     with pytest.raises(ValueError, match="bins"):
         distributions(model, x, bins=0)
+
+
+def test_histogram_edges_are_float64_and_bin_what_they_say():
+    """Edges 0.1, 0.3, 0.5, 0.7 are not float32 numbers; values placed between a float64 edge and its float32
+    rounding must be counted in the bin that the reported edges give them (numpy.histogram's rule)."""
+    lin = nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    e32 = [float(torch.tensor(e, dtype=torch.float32)) for e in (0.3, 0.5)]
+    vals = [0.1, 0.2, (0.3 + e32[0]) / 2, 0.4, (0.5 + e32[1]) / 2, 0.6, 0.7, 0.05, 0.75]
+    x = torch.tensor(vals, dtype=torch.float64).view(-1, 1)
+    (r,) = distributions(lin, x, layers=0, bins=3, hist_range=(0.1, 0.7))
+    assert r["hist"]["edges"] == np.linspace(0.1, 0.7, 4).tolist()   # exactly, float64
+    counts, _ = np.histogram(np.array(vals), bins=np.asarray(r["hist"]["edges"]))
+    assert r["hist"]["counts"] == counts.tolist() == [2, 2, 3]
+    assert r["hist"]["under"] == 1 and r["hist"]["over"] == 1

@@ -38,11 +38,17 @@ def spd(eigs, seed=0):
 
 def test_quadratic_top_eigenvalue():
     H = spd([10.0, 6.0, 3.0, 1.0, 0.5, -2.0])
-    r = top_eigenvalue(Quadratic(H), ident, torch.zeros(1), None, iters=60)
+    r = top_eigenvalue(Quadratic(H), ident, torch.zeros(1), None, iters=60, tol=0)
     assert r["eigenvalue"] == pytest.approx(10.0, rel=1e-4)
     assert r["iterations"] == 60 and r["converged"] and r["finite"]
     early = top_eigenvalue(Quadratic(H), ident, torch.zeros(1), None, iters=500, tol=1e-10)
     assert early["iterations"] < 500 and early["eigenvalue"] == pytest.approx(10.0, rel=1e-8)
+    # the default stops on the residual: |lambda - 10| <= residual * |lambda| (the bound for symmetric H)
+    d = top_eigenvalue(Quadratic(H), ident, torch.zeros(1), None)
+    assert d["converged"] and 5 < d["iterations"] < 60 and d["residual"] <= 1e-3
+    assert abs(d["eigenvalue"] - 10.0) <= d["residual"] * abs(d["eigenvalue"])
+    short = top_eigenvalue(Quadratic(H), ident, torch.zeros(1), None, iters=3)
+    assert short["iterations"] == 3 and not short["converged"] and short["residual"] > 1e-3
 
 
 def test_quadratic_trace():
@@ -130,6 +136,8 @@ def test_modes_differ_and_bad_input():
         top_eigenvalue(model, F.mse_loss, x, y, bn_mode="running")
     with pytest.raises(ValueError, match="iters"):
         top_eigenvalue(model, F.mse_loss, x, y, iters=0)
+    with pytest.raises(ValueError, match="iters"):
+        top_eigenvalue(model, F.mse_loss, x, y, tol=0)
     with pytest.raises(ValueError, match="samples"):
         hessian_trace(model, F.mse_loss, x, y, samples=0)
     with pytest.raises(ValueError, match="does not require grad"):
@@ -146,8 +154,8 @@ class Quartic(nn.Module):
 
 
 def test_quartic_and_non_finite():
-    r = top_eigenvalue(Quartic([1.0, 2.0]), ident, torch.zeros(1), None, iters=100)
+    r = top_eigenvalue(Quartic([1.0, 2.0]), ident, torch.zeros(1), None, iters=100, tol=1e-8)
     assert r["eigenvalue"] == pytest.approx(48.0, rel=1e-6)   # diag(12 w^2)
-    r = top_eigenvalue(Quartic([float("inf"), 1.0]), ident, torch.zeros(1), None, iters=5)
+    r = top_eigenvalue(Quartic([float("inf"), 1.0]), ident, torch.zeros(1), None, iters=5, tol=0)
     assert r["finite"] is False and r["iterations"] == 1   # stops at the first non-finite estimate, keeps it
     assert not np.isfinite(r["eigenvalue"])

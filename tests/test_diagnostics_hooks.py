@@ -12,7 +12,7 @@ from torch import nn
 
 import normlab
 from normlab.diagnostics import (HOOKS, BoundHook, DistributionsHook, HessianHook, ICSHook, LandscapeHook,
-                                 build_hook)
+                                 SpectrumHook, build_hook)
 from normlab.layers.variants import NoisyBatchNorm1d
 
 F = nn.functional
@@ -49,8 +49,10 @@ def run(hooks, steps=5):
 
 
 def test_hooks_leave_training_bitwise_unchanged():
+    fixed = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(2)]
     hooks = [ICSHook(every=2), LandscapeHook(points=3, steps=[1, 3]), HessianHook(iters=3, trace_samples=2, every=4),
-             DistributionsHook(layers=[0, "5"], every=2, percentiles=(1, 20, 80, 99)), BoundHook(steps=[4])]
+             DistributionsHook(layers=[0, "5"], every=2, percentiles=(1, 20, 80, 99)), BoundHook(steps=[4]),
+             SpectrumHook(k=2, max_iter=8, density_probes=1, density_steps=4, steps=[3], data=fixed)]
     m0, o0, rows0, r0 = run([])
     m1, o1, rows1, r1 = run(hooks)
     assert rows0 == [] and torch.equal(r0, r1)   # the global RNG stream is where it would be
@@ -64,7 +66,9 @@ def test_hooks_leave_training_bitwise_unchanged():
     for r in rows1:
         by.setdefault(r["hook"], set()).add(r["step"])
     assert by == {"ics": {0, 2, 4}, "landscape": {1, 3}, "hessian": {0, 4}, "distributions": {0, 2, 4},
-                  "bound": {4}}
+                  "bound": {4}, "spectrum": {3}}
+    (sp,) = [r for r in rows1 if r["hook"] == "spectrum"]
+    assert len(sp["top"]) == 2 and len(sp["bottom"]) == 2 and sp["batches"] == 2 and sp["iterations"] <= 8
     dist = [r for r in rows1 if r["hook"] == "distributions" and r["layer"] == "0"]
     assert [r["prev_step"] for r in dist] == [None, 0, 2] and dist[1]["dmean"] > 0
     assert set(dist[0]["percentiles"]) == {"1", "20", "80", "99"}
@@ -93,7 +97,7 @@ def test_schedule_and_registry():
     assert [t for t in range(10) if h.due(t)] == [0, 3, 6, 9]
     h = build_hook("bound", steps=[2, 5])
     assert [t for t in range(10) if h.due(t)] == [2, 5]
-    assert set(HOOKS) == {"ics", "landscape", "hessian", "distributions", "bound"}
+    assert set(HOOKS) == {"ics", "landscape", "hessian", "distributions", "bound", "spectrum"}
     with pytest.raises(ValueError, match="unknown instrument 'icss'"):
         build_hook("icss")
     with pytest.raises(ValueError, match="every"):

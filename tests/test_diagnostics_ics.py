@@ -203,3 +203,28 @@ def brute_force_skip(model, opt, loss_fn, x, y, i, skip):
     o2.zero_grad()
     loss_fn(m2(x), y).backward()
     return G, dict(m2.named_parameters())[name].grad.clone()
+
+
+@pytest.mark.parametrize("noise", ["dropout", "noisy-bn"])
+def test_stochastic_layers_recompute_or_refuse(noise):
+    """With dropout or noisy BN in training mode, .grad came from another draw than G'. The default recomputes G
+    with the same draw as G' (same numbers as recompute=True); recompute=False is refused; eval mode reads .grad."""
+    torch.manual_seed(0)
+    layer = nn.Dropout(0.5) if noise == "dropout" else normlab.NoisyBatchNorm1d(16)
+    model = nn.Sequential(nn.Linear(12, 16), layer, nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5))
+    model = model.double()
+    x, y = torch.randn(32, 12, dtype=torch.float64), torch.randint(0, 5, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    F.cross_entropy(model(x), y).backward()
+    auto = ics(model, F.cross_entropy, x, y, opt)
+    forced = ics(model, F.cross_entropy, x, y, opt, recompute=True)
+    assert all(r["recomputed"] for r in auto)
+    assert [r["l2"] for r in auto] == [r["l2"] for r in forced]
+    assert auto[1]["rel_l2"] < 0.5   # the shift itself, not the difference between two noise draws
+    with pytest.raises(ValueError, match=r"recompute=False but 1 draw random numbers"):
+        ics(model, F.cross_entropy, x, y, opt, recompute=False)
+    model.eval()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    rows = ics(model, F.cross_entropy, x, y, opt, recompute=False)
+    assert not any(r["recomputed"] for r in rows)

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..layers.variants import _NoisyBatchNorm
+
 LayerSpec = int | str | Sequence[int | str] | None
 _WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -106,6 +108,21 @@ def rng_fork(x: torch.Tensor, model: nn.Module | None = None) -> Iterator[Callab
         finally:
             for g, st in zip(gens, own):
                 g.set_state(st)
+
+
+def stochastic_layers(model: nn.Module) -> list[str]:
+    """Names of the submodules that draw random numbers in their current mode: torch's dropout family with p > 0
+    and normlab's noisy BN in training mode, and any module with a true `stochastic` attribute (opt-in for custom
+    layers; a random op called inside an arbitrary forward cannot be detected). A gradient read from .grad came
+    from another draw than any pass an instrument makes, so instruments that compare gradients recompute them."""
+    out = []
+    for name, m in model.named_modules():
+        if not m.training:
+            continue
+        dropout = isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+        if dropout or isinstance(m, _NoisyBatchNorm) or getattr(m, "stochastic", False) is True:
+            out.append(name or type(m).__name__)
+    return out
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -11,7 +11,8 @@ Per record and layer: per-unit percentiles (linear interpolation, numpy's defaul
 since the previous record of that layer: dmean = mean_j |mean_j(t) - mean_j(t')|, dvar likewise, and their l2
 norms over units (Santurkar Fig. 2 right, Fig. 8). Only these summaries are kept, never raw activations.
 Histogram range: `hist_range`, or else fixed at a layer's first record to its [min, max] widened by half the width
-on each side; values outside go to the "under"/"over" counts, non-finite values to "nonfinite".
+on each side; values outside go to the "under"/"over" counts, non-finite values to "nonfinite". Edges and binning
+are both float64, and a value is counted in the bin whose reported edges hold it (numpy.histogram's rule).
 """
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ def unit_percentiles(values: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     bad = ~torch.isfinite(values).all(dim=1)
     res[:, bad] = float("nan")
     return res
+
+
+def _bin_counts(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """numpy.histogram's counts over float64 `edges`: bin k is [e_k, e_k+1), the last bin also takes e_n; values
+    outside [e_0, e_n] are not counted. Binning compares against the very edges reported (no (x - lo) / width
+    arithmetic that could put a value near an edge on the other side of it)."""
+    inside = values[(values >= edges[0]) & (values <= edges[-1])].double()
+    idx = (torch.bucketize(inside, edges, right=True) - 1).clamp(max=len(edges) - 2)
+    return torch.bincount(idx, minlength=len(edges) - 1)
 
 
 def check_percentiles(qs: Sequence[float]) -> tuple[float, ...]:
@@ -123,13 +133,14 @@ class DistributionTracker:
                 lo, hi = lo - half, hi + half
             self.ranges[name] = (lo, hi)
         lo, hi = self.ranges[name]
-        counts = torch.histc(flat, self.bins, lo, hi) if flat.numel() else torch.zeros(self.bins)
+        edges = torch.linspace(lo, hi, self.bins + 1, dtype=torch.float64)
+        counts = _bin_counts(flat, edges)
         sel = slice(None) if self.units is None else self.units
         row = {"layer": name, "index": index, "site": self.site, "units": c, "m": m,
                "percentiles": {f"{q:g}": pct[k, sel].tolist() for k, q in enumerate(self.qs)},
                "mean": mean[sel].tolist(), "var": var[sel].tolist(),
                "layer_mean": float(vd.mean()), "layer_var": float(vd.var(correction=0)),
-               "hist": {"edges": torch.linspace(lo, hi, self.bins + 1).tolist(), "counts": counts.long().tolist(),
+               "hist": {"edges": edges.tolist(), "counts": counts.long().tolist(),
                         "under": int((flat < lo).sum()), "over": int((flat > hi).sum()),
                         "nonfinite": int((~ok).sum())}}
         if self.units is not None:

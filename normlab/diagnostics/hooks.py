@@ -15,6 +15,7 @@ from .distributions import DEFAULT_PERCENTILES, DistributionTracker
 from .hessian import hessian_trace, top_eigenvalue
 from .ics import ics
 from .landscape import SPAN_VGG, _check_multipliers, landscape, multipliers_for
+from .spectrum import KINDS, ParamSpec, _check_which, collect_batches, hessian_spectrum
 
 
 class _Scheduled:
@@ -75,21 +76,64 @@ class LandscapeHook(_Scheduled):
 
 
 class HessianHook(_Scheduled):
-    """Top eigenvalue (power iteration, `iters`) and, when trace_samples > 0, the Hutchinson trace."""
+    """Top eigenvalue (power iteration: at most `iters` products, None = 1000, stopping when the relative residual
+    is <= tol) and, when trace_samples > 0, the Hutchinson trace. kind/params as spectrum.HessianOperator."""
     name = "hessian"
 
-    def __init__(self, iters: int = 20, trace_samples: int = 0, bn_mode: str = "train", seed: int = 0,
-                 every: int = 1, steps: Iterable[int] | None = None) -> None:
+    def __init__(self, iters: int | None = None, trace_samples: int = 0, bn_mode: str = "train", seed: int = 0,
+                 tol: float = 1e-3, kind: str = "hessian", params: ParamSpec = None, every: int = 1,
+                 steps: Iterable[int] | None = None) -> None:
         super().__init__(every, steps)
         check_bn_mode(bn_mode)
+        _check_kind(kind)
         self.iters, self.trace_samples, self.bn_mode, self.seed = iters, trace_samples, bn_mode, seed
+        self.tol, self.kind, self.params = tol, kind, params
 
     def measure(self, ctx: Any) -> dict:
-        row = top_eigenvalue(ctx.model, ctx.loss_fn, ctx.x, ctx.y, self.iters, bn_mode=self.bn_mode, seed=self.seed)
+        row = top_eigenvalue(ctx.model, ctx.loss_fn, ctx.x, ctx.y, self.iters, self.tol, self.bn_mode, self.seed,
+                             kind=self.kind, params=self.params)
         if self.trace_samples:
-            tr = hessian_trace(ctx.model, ctx.loss_fn, ctx.x, ctx.y, self.trace_samples, self.bn_mode, self.seed)
+            tr = hessian_trace(ctx.model, ctx.loss_fn, ctx.x, ctx.y, self.trace_samples, self.bn_mode, self.seed,
+                               kind=self.kind, params=self.params)
             row.update(trace=tr["trace"], trace_stderr=tr["stderr"], trace_samples=tr["samples"],
                        finite=row["finite"] and tr["finite"])
+        return row
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+
+
+class SpectrumHook(_Scheduled):
+    """Top-k / bottom-k eigenvalues (Lanczos), Hutch++ trace and optionally SLQ nodes/weights; one row as
+    spectrum.hessian_spectrum(). data: None (the step's batch), or a fixed iterable of (x, y) batches (materialized
+    once, first max_batches) so that every record measures the same loss, averaged over those batches."""
+    name = "spectrum"
+
+    def __init__(self, k: int = 5, which: str = "both", kind: str = "hessian", params: ParamSpec = None,
+                 bn_mode: str = "train", tol: float = 1e-3, max_iter: int | None = None, trace: bool = True,
+                 trace_tol: float = 1e-2, density_probes: int = 0, density_steps: int = 60, data: Any = None,
+                 max_batches: int | None = None, seed: int = 0, every: int = 1,
+                 steps: Iterable[int] | None = None) -> None:
+        super().__init__(every, steps)
+        check_bn_mode(bn_mode)
+        _check_kind(kind)
+        _check_which(which)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected an int >= 1, got {k!r}")
+        self.data = None if data is None else collect_batches(data, max_batches)
+        if self.data == []:
+            raise ValueError("data: the loader yielded no batch")
+        self.kw = dict(k=k, which=which, kind=kind, params=params, bn_mode=bn_mode, tol=tol, max_iter=max_iter,
+                       trace=trace, trace_tol=trace_tol, density_probes=density_probes, density_steps=density_steps,
+                       seed=seed)
+
+    def measure(self, ctx: Any) -> dict:
+        if self.data is None:
+            return hessian_spectrum(ctx.model, ctx.loss_fn, ctx.x, ctx.y, **self.kw)
+        row = hessian_spectrum(ctx.model, ctx.loss_fn, self.data, None, **self.kw)
+        row["batches"] = len(self.data)
         return row
 
 
@@ -123,7 +167,7 @@ class BoundHook(_Scheduled):
 
 
 HOOKS = {"ics": ICSHook, "landscape": LandscapeHook, "hessian": HessianHook, "distributions": DistributionsHook,
-         "bound": BoundHook}
+         "bound": BoundHook, "spectrum": SpectrumHook}
 
 
 def build_hook(name: str, **kw: Any) -> _Scheduled:

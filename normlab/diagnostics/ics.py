@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .common import LayerSpec, finite, flat_norm, loss_and_grads, resolve_layers, rng_fork, trainable
+from .common import (LayerSpec, finite, flat_norm, loss_and_grads, resolve_layers, rng_fork, stochastic_layers,
+                     trainable)
 
 
 def simulate_step(optimizer: torch.optim.Optimizer, grads: dict[nn.Parameter, torch.Tensor]) -> dict:
@@ -78,11 +79,13 @@ def ics(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, o
 
     layers: None (all weight layers), index/indices into weight_layers(model), or module names.
     recompute: None: take G (and the update's gradients) from .grad when every measured weight has one (the hook
-    case: after loss.backward(), before optimizer.step()), else recompute; True: always recompute on (x, y) (use it
-    with stochastic layers, so G and G' see the same noise); False: require .grad.
+    case: after loss.backward(), before optimizer.step()) and no layer is stochastic (common.stochastic_layers:
+    dropout, noisy BN in training mode), else recompute, so that G and G' see the same random draw; True: always
+    recompute on (x, y); False: require .grad, and refuse (ValueError) a model with stochastic layers.
     The model runs in its current train/eval mode; BN buffers are never updated (common.forward).
     Row: layer, index, l2 = ||G - G'||, cos, rel_l2 = l2 / ||G||, g_norm, g_prime_norm, n_earlier (parameter
-    tensors updated before W_i), finite (False when any of these is inf/NaN; values are kept as computed).
+    tensors updated before W_i), recomputed (G recomputed rather than read from .grad), finite (False when any of
+    these is inf/NaN; values are kept as computed).
     """
     chosen = resolve_layers(model, layers)
     named = trainable(model)
@@ -93,8 +96,14 @@ def ics(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, o
     have = all(mod.weight.grad is not None for _, _, mod in chosen)
     if recompute is False and not have:
         raise ValueError("recompute=False but a measured weight has no .grad; call loss.backward() first")
+    noisy = stochastic_layers(model)
+    if noisy and recompute is False:
+        raise ValueError(f"recompute=False but {', '.join(noisy)} draw random numbers in training mode: .grad came "
+                         f"from another random draw than G' would, so G - G' would measure the noise; pass "
+                         f"recompute=None or True (G and G' from the same draw), or put the model in eval mode")
+    recompute = bool(recompute or not have or noisy)
     with torch.no_grad(), rng_fork(x, model) as rewind:
-        if recompute or not have:
+        if recompute:
             with torch.enable_grad():
                 _, gs = loss_and_grads(model, loss_fn, x, y)
             grads = {p: g for (_, p), g in zip(named, gs)}
@@ -117,6 +126,7 @@ def ics(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, o
             else:
                 Gp = G
             rows.append(_row(name, index, G, Gp, len(earlier)))
+            rows[-1]["recomputed"] = recompute
     return rows
 
 

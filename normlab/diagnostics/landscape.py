@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .common import check_bn_mode, flat_norm, loss_and_grads, loss_of, model_mode, rng_fork, trainable
+from .common import (check_bn_mode, flat_norm, loss_and_grads, loss_of, model_mode, rng_fork, stochastic_layers,
+                     trainable)
 
 SPAN_VGG = (0.5, 4.0)
 SPAN_LINEAR = (0.01, 30.0)
@@ -69,8 +70,9 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     lr: the step's learning rate (needed unless `multipliers` is given). use_grad: take g from .grad when every
     trainable parameter has one (the training step's direction); otherwise g = grad L(w) recomputed in bn_mode.
     When .grad is used and bn_mode is the model's current mode (the hook case), .grad is also taken as grad L(w)
-    and L(w) is `loss0` or one no-grad forward; pass use_grad=False with stochastic layers (dropout, noisy BN) or under
-    DDP (averaged .grad), so that every gradient is computed on the same batch with the same noise.
+    and L(w) is `loss0` or one no-grad forward, unless a layer is stochastic in bn_mode (dropout, noisy BN: then
+    grad L(w) is recomputed with the probes' noise, and g stays the step's .grad); pass use_grad=False under DDP
+    (averaged .grad), so that every gradient is computed on the same batch.
     loss0: L(w) when the caller knows it (the hook passes the step's loss); used only in that .grad case.
     Keys: multipliers, losses, pred (per s), beta (per s), loss0 (L(w)), grad_norm (||g||), loss_range [min, max],
     pred_max, pred_mean, beta_max, bn_mode, finite (False if any value is inf/NaN; aggregates then carry it).
@@ -86,6 +88,7 @@ def landscape(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
     have = use_grad and all(p.grad is not None for _, p in named)
     reuse = have and bn_mode == ("train" if model.training else "eval")
     with torch.no_grad(), model_mode(model, bn_mode == "train"), rng_fork(x, model) as rewind:
+        reuse = reuse and not stochastic_layers(model)   # .grad's noise is not the probes' noise: recompute
         if reuse:   # .grad is grad L(w) in this mode: only L(w) may be missing, one forward
             grad0 = direction = [p.grad.detach() for _, p in named]
             if loss0 is None:

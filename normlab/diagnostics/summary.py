@@ -32,7 +32,7 @@ def parse_what(what: str | Sequence[str]) -> list[str]:
 def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
              what: str | Sequence[str] = INSTRUMENTS, optimizer: torch.optim.Optimizer | None = None,
              lr: float | None = None, layers: LayerSpec = None, span: tuple[float, float] = SPAN_VGG,
-             points: int = 8, spacing: str = "linear", bn_mode: str = "train", iters: int = 20,
+             points: int = 8, spacing: str = "linear", bn_mode: str = "train", iters: int | None = None,
              trace_samples: int = 0, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
              seed: int = 0) -> dict[str, Any]:
     """{instrument: its result} for each name in `what`. ics needs `optimizer`; landscape needs `lr`."""
@@ -106,8 +106,8 @@ def format_table(results: dict[str, Any]) -> str:
         r = results["hessian"]
         tr = r.get("trace")
         lines += _table(f"Hessian (bn_mode={r['bn_mode']})",
-                        ["top_eigenvalue", "iterations", "rel_change", "trace", "trace_stderr", "finite"],
-                        [[r["eigenvalue"], r["iterations"], r["rel_change"], tr and tr["trace"],
+                        ["top_eigenvalue", "iterations", "residual", "converged", "trace", "trace_stderr", "finite"],
+                        [[r["eigenvalue"], r["iterations"], r["residual"], r["converged"], tr and tr["trace"],
                           tr and tr["stderr"], r["finite"]]])
     if "bound" in results:
         lines += _table("Theorem 4.1 per BN layer (sums over units)",
