@@ -64,7 +64,12 @@ class SanturkarVGG(Experiment):
     paper_numbers = "VGG on CIFAR-10: test accuracy 83% with BN vs 80% without (Fig. 1 / Sec. 2)."
     setup_text = ("VGG on CIFAR-10, SGD, batch 128, 15k steps, no augmentation, Glorot init, lr 0.1 and 0.5, with "
                   "and without BN.")
-    caveat = ("Fashion-MNIST/MNIST instead of CIFAR-10, 1/8 width and 800 steps instead of 15k.")
+    caveat = ("Fashion-MNIST/MNIST instead of CIFAR-10, 1/8 width and 800 steps instead of 15k. The core stability "
+              "parts measure the layer input (after BN and ReLU) on the probe batch in training mode, where BN "
+              "normalizes with that batch's own statistics: its per-unit moments before the ReLU are pinned to "
+              "(β, γ²), so with BN only γ and β can move them, and a much smaller movement follows by construction; "
+              "the pre-normalization outputs (side parts) are the comparison free of that pinning. Which of the two "
+              "the paper's Fig. 1 histograms show is not stated in the sources at hand.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
