@@ -378,3 +378,28 @@ def test_half_input_float32_params_affine_in_float32(make, twin, shape):
         ref(x16.double()).backward(g.double())
         errs.append((m.weight.grad.double() - ref.weight.grad).abs().max() / ref.weight.grad.abs().max())
     assert errs[0] < max(4 * errs[1], 1e-5), errs
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_eval_bn_exports_to_onnx_as_torch_does():
+    """Deployment: eval-mode BN exports as ONNX BatchNormalization (folded into a preceding conv, as torch.nn's is)
+    and the exported graph computes the model's numbers (onnx's reference evaluator)."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install onnx onnxscript)")
+    from onnx.reference import ReferenceEvaluator
+    torch.manual_seed(0)
+    for model, folded in ((nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), True),
+                          (nn.Sequential(nn.BatchNorm2d(3), nn.ReLU()), False)):
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+        ours = normlab.convert(model).eval()
+        assert type(ours[-2]) is normlab.BatchNorm2d
+        x = torch.randn(2, 3, 8, 8)
+        ops = {}
+        for name, m in (("torch", model.eval()), ("normlab", ours)):
+            proto = torch.onnx.export(m, (x,), dynamo=True, verbose=False).model_proto
+            ops[name] = sorted(n.op_type for n in proto.graph.node)
+            got = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})[0]
+            torch.testing.assert_close(torch.from_numpy(got), m(x), atol=1e-5, rtol=1e-5)
+        assert ops["normlab"] == ops["torch"], ops
+        assert ("BatchNormalization" in ops["normlab"]) != folded

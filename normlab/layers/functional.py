@@ -87,6 +87,10 @@ def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: 
     if training and track and num_batches_tracked is not None:
         num_batches_tracked.add_(1)   # torch counts every training call, empty ones included
     if not training and track:
+        if torch.compiler.is_exporting():
+            # Deployment: inference BN is a fixed per-channel affine map; torch's op exports as ONNX
+            # BatchNormalization, which exporters and runtimes fold into the convolution before it (same numbers).
+            return torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
         return core.normalize_with_affine(x, running_mean.view(shape), running_var.view(shape), eps, weight, bias,
                                           shape)
     m = core.count(x, dims)
@@ -134,6 +138,10 @@ def instance_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_va
     dims, shape = tuple(range(2, x.dim())), core.channel_shape(x.dim())
     track = running_mean is not None and running_var is not None
     if not training and track:
+        if torch.compiler.is_exporting():
+            # Deployment: inference BN is a fixed per-channel affine map; torch's op exports as ONNX
+            # BatchNormalization, which exporters and runtimes fold into the convolution before it (same numbers).
+            return torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
         return core.normalize_with_affine(x, running_mean.view(shape), running_var.view(shape), eps, weight, bias,
                                           shape)
     m = core.count(x, dims)
