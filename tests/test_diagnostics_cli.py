@@ -52,6 +52,41 @@ def test_diagnose_writes_the_instruments_numbers(run_dir, tmp_path):
     land = diagnostics.landscape(model, torch.nn.functional.cross_entropy, x, y, lr=0.3, points=3)
     assert doc["results"]["landscape"]["losses"] == pytest.approx(land["losses"], rel=1e-6)
     assert all(r["identity_holds"] for r in doc["results"]["bound"])
+    assert doc["results"]["notes"] == ["--layers does not apply to landscape, bound: measured on the whole model"]
+    assert "note: --layers does not apply to landscape, bound" in res.output
+
+
+def test_diagnose_layers_select_the_hessian_block_and_bad_indices_are_refused(run_dir, tmp_path):
+    # issue 15: `--layers 99` was silently ignored by bound, landscape and hessian
+    for what in ("bound", "landscape", "hessian"):
+        r = CliRunner().invoke(cli, ["diagnose", str(run_dir), "--what", what, "--layers", "99",
+                                     "--out", str(tmp_path / "x.json")])
+        assert r.exit_code == 2 and "index 99 is out of range; the model has 3 weight layers" in r.output, r.output
+    out = tmp_path / "h.json"
+    r = CliRunner().invoke(cli, ["diagnose", str(run_dir), "--what", "hessian", "--layers", "2", "--batch-size",
+                                 "32", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    cfg = TrainConfig.from_dict(state["config"])
+    ds = data.load("mnist", root=cfg.data_root)
+    model = models.build("mlp", "bn", ds.in_shape, 10, **cfg.model_kw)
+    model.load_state_dict(state["model"])
+    idx = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(0))[:32]
+    x, y = ds.x_train[idx], ds.y_train[idx]
+    last = models.weight_layers(model)[2][1]   # the output Linear; its Hessian block, dense, in float64
+    w, b = last.weight.detach().double(), last.bias.detach().double()
+    seen = []
+    handle = last.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().double()))
+    model.train()(x)   # diagnose's default: BN with batch statistics
+    handle.remove()
+    feats = seen[0]
+
+    def loss(flat):
+        W, B = flat[:w.numel()].view_as(w), flat[w.numel():]
+        return torch.nn.functional.cross_entropy(feats @ W.T + B, y)
+    dense = torch.autograd.functional.hessian(loss, torch.cat([w.flatten(), b]))
+    top = float(torch.linalg.eigvalsh(dense).abs().max())
+    assert json.loads(out.read_text())["results"]["hessian"]["eigenvalue"] == pytest.approx(top, rel=1e-2)
 
 
 def test_diagnose_bad_input(run_dir, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .bound import theorem41
-from .common import LayerSpec
+from .common import LayerSpec, resolve_layers
 from .distributions import DEFAULT_PERCENTILES, distributions
 from .hessian import hessian_trace, top_eigenvalue
 from .ics import ics
@@ -35,8 +35,14 @@ def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tens
              points: int = 8, spacing: str = "linear", bn_mode: str = "train", iters: int | None = None,
              trace_samples: int = 0, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
              seed: int = 0) -> dict[str, Any]:
-    """{instrument: its result} for each name in `what`. ics needs `optimizer`; landscape needs `lr`."""
+    """{instrument: its result} for each name in `what`. ics needs `optimizer`; landscape needs `lr`.
+
+    `layers` selects the layers of distributions and ics, and the parameter block of hessian (that layer's Hessian);
+    landscape and bound always cover the whole model (every BN layer), which out["notes"] says when `layers` is set.
+    An index or name that the model does not have is refused before anything is measured."""
     names = parse_what(what)
+    if layers is not None:
+        resolve_layers(model, layers, need_weight=False)   # a ValueError naming the valid layers
     if "ics" in names and optimizer is None:
         raise ValueError("optimizer: ics simulates the optimizer's update; pass the run's optimizer")
     if "landscape" in names and lr is None:
@@ -51,11 +57,14 @@ def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tens
             out[name] = landscape(model, loss_fn, x, y, lr, span=span, points=points, spacing=spacing,
                                   bn_mode=bn_mode)
         elif name == "hessian":
-            out[name] = top_eigenvalue(model, loss_fn, x, y, iters, bn_mode=bn_mode, seed=seed)
+            out[name] = top_eigenvalue(model, loss_fn, x, y, iters, bn_mode=bn_mode, seed=seed, params=layers)
             if trace_samples:
-                out[name]["trace"] = hessian_trace(model, loss_fn, x, y, trace_samples, bn_mode, seed)
+                out[name]["trace"] = hessian_trace(model, loss_fn, x, y, trace_samples, bn_mode, seed, params=layers)
         else:
             out[name] = theorem41(model, loss_fn, x, y)
+    whole = [n for n in names if n in ("landscape", "bound")]
+    if layers is not None and whole:
+        out["notes"] = [f"--layers does not apply to {', '.join(whole)}: measured on the whole model"]
     return out
 
 
@@ -118,4 +127,5 @@ def format_table(results: dict[str, Any]) -> str:
                          for r in results["bound"]])
         if not results["bound"]:
             lines.append("  (no standard BatchNorm layers)")
+    lines += [f"note: {n}" for n in results.get("notes", [])]
     return "\n".join(lines)
