@@ -153,7 +153,22 @@ def test_too_many_degenerate_seeds_is_undecidable(tmp_path):
     j.decide(GREATER, "bn", j.per_seed("bn", lambda r: 1.0), "none", j.per_seed("none", lambda r: 0.0))
     out = j.outcome("claim")
     assert out.verdict.outcome == "undecidable" and out.preconditions[0]["ok"] is False
-    assert "bn (2/3)" in out.preconditions[0]["detail"]
+    assert out.preconditions[0]["name"] == "few degenerate seeds in bn"
+    assert out.preconditions[0]["detail"].startswith("2 of 3 seeds collapsed or diverged")
+
+
+def test_degenerate_group_guards_only_the_parts_it_feeds(tmp_path):
+    runs = [_run(tmp_path, "bad", s, 0.1, [2.3, 2.3]) for s in range(3)]
+    for g in ("x", "y"):
+        runs += [_run(tmp_path, g, s, 0.9, [2.3, 1.0]) for s in range(3)]
+    j = Judge(runs)
+    xs, ys = j.per_seed("x", lambda r: 5.0 + r.run.seed), j.per_seed("y", lambda r: 1.0 + r.run.seed)
+    j.decide(GREATER, "x", xs, "y", ys)
+    j.decide(Rule("b", "bad vs y", "v", "greater", 0.5, "x"), "bad", j.per_seed("bad", lambda r: 9.0), "y", ys)
+    j.decide(Rule("u", "unknown source", "v", "greater", 0.5, "x"), "d", {0: 5.0, 1: 6.0, 2: 5.5}, "y", ys)
+    out = j.outcome("claim")
+    assert [c.outcome for c in out.checks] == ["supported", "undecidable", "undecidable"]
+    assert out.preconditions[0]["parts"] == ["b", "u"]
 
 
 def test_converged_reads_the_last_tenth(tmp_path):

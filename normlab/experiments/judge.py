@@ -10,7 +10,8 @@ rule, check the preconditions, and hand the report one Outcome.
 Degenerate run (fixed before the data, SPEC §2): a run that diverged (summary["diverged_at"]), a classifier whose
 final test accuracy is within 5 points of chance, or a run whose final training loss is still >= 99% of its loss at
 step 0 ("stuck"). Such a run is left out of every statistic, counted and named in the report and figure captions; if
-more than a third of any group's seeds are left out, every part is undecidable at this scale.
+more than a third of a group's seeds are left out, the parts decided on that group's numbers (every part, when a
+part's numbers do not say where they came from) are undecidable at this scale.
 """
 from __future__ import annotations
 
@@ -63,13 +64,10 @@ class Judge:
                     keep.append(r)
             self.kept[g] = keep
         self.parts: list[Verdict] = []
+        self.sources: list[set[str] | None] = []   # per part: the groups its numbers came from (None: unknown)
         self.pre: list[Precondition] = []
-        bad = {g: len(rs) - len(self.kept[g]) for g, rs in self.all.items()
-               if len(rs) - len(self.kept[g]) > max_left_out * len(rs)}
-        if bad:
-            self.require("few degenerate seeds", False, "more than a third of the seeds collapsed or diverged in "
-                         + ", ".join(f"{g} ({k}/{len(self.all[g])})" for g, k in bad.items()),
-                         "a setup where the runs train (a smaller learning rate or more steps)")
+        self.bad = {g: len(rs) - len(self.kept[g]) for g, rs in self.all.items()
+                    if len(rs) - len(self.kept[g]) > max_left_out * len(rs)}
 
     def runs(self, group: str) -> list[Result]:
         """The kept (non-degenerate) runs of `group`, by seed."""
@@ -77,20 +75,23 @@ class Judge:
             raise KeyError(f"group: no runs named {group!r}; have {sorted(self.all)}")
         return self.kept[group]
 
-    def per_seed(self, group: str, fn: Callable[[Result], float]) -> dict[int, float]:
-        """{seed: fn(run)} over the kept runs of `group`."""
-        return {r.run.seed: fn(r) for r in self.runs(group)}
+    def per_seed(self, group: str, fn: Callable[[Result], float]) -> "SeedValues":
+        """{seed: fn(run)} over the kept runs of `group`; it remembers the group, so that a part decided on it is
+        made undecidable when too many of that group's seeds were left out."""
+        return SeedValues({r.run.seed: fn(r) for r in self.runs(group)}, {group})
+
+    def _add(self, v: Verdict, inputs: Sequence) -> Verdict:
+        srcs = [getattr(x, "groups", None) for x in inputs if isinstance(x, Mapping)]
+        self.parts.append(v)
+        self.sources.append(None if any(g is None for g in srcs) else set().union(*srcs))
+        return v
 
     def decide(self, rule: Rule, a_name: str, a: Mapping[int, float], b_name: str,
                b: Mapping[int, float] | float) -> Verdict:
-        v = decide(rule, a_name, a, b_name, b)
-        self.parts.append(v)
-        return v
+        return self._add(decide(rule, a_name, a, b_name, b), [a, b])
 
     def similar(self, rule: Rule, named: Mapping[str, Mapping[int, float]], ref: str) -> Verdict:
-        v = similar_all(rule, named, ref)
-        self.parts.append(v)
-        return v
+        return self._add(similar_all(rule, named, ref), list(named.values()))
 
     def holds(self, key: str, claim: str, ok: int, total: int, worst: str, core: bool = True) -> Verdict:
         v = holds(key, claim, ok, total, worst, core)
@@ -104,7 +105,14 @@ class Judge:
 
     def outcome(self, claim: str, figures: list[dict] | None = None, table: list[dict] | None = None,
                 notes: list[str] | None = None) -> Outcome:
-        parts = [guard(p, self.pre) for p in self.parts]
+        pre = list(self.pre)
+        for g, k in self.bad.items():   # guards the parts whose numbers came from g (or whose source is unknown)
+            keys = tuple(p.key for p, src in zip(self.parts, self.sources) if src is None or g in src)
+            pre.append(Precondition(f"few degenerate seeds in {g}", False, f"{k} of {len(self.all[g])} seeds "
+                                    f"collapsed or diverged (at most a third may)", "a setup where these runs train "
+                                    "(more steps, or another learning rate)", keys or ("-",)))
+        self.pre = pre
+        parts = [guard(p, pre) for p in self.parts]
         figures = list(figures or [])
         if self.left_out:
             gone = "; ".join(f"{d['group']} seed {d['seed']} ({d['why']})" for d in self.left_out)
@@ -112,6 +120,14 @@ class Judge:
                 f["caption"] = f"{f['caption']} Left out of the statistics: {gone}."
         return Outcome(combine(claim, parts), parts, figures, list(table or []), list(notes or []),
                        [p.to_json() for p in self.pre], list(self.left_out))
+
+
+class SeedValues(dict):
+    """{seed: value} that remembers which run groups it was computed from (Judge.per_seed)."""
+
+    def __init__(self, values: Mapping[int, float], groups: set[str]) -> None:
+        super().__init__(values)
+        self.groups = set(groups)
 
 
 def converged(r: Result, frac: float = 0.1, key: str = "train_loss") -> float:
