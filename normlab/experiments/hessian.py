@@ -55,9 +55,10 @@ class Hessian(Experiment):
     claim = "BN lowers the top eigenvalue of the loss Hessian (the sharpest curvature) along training."
     paper_numbers = ("Ghorbani et al. 2019 (ResNet-32, CIFAR-10): without BN large isolated eigenvalues appear; "
                      "with BN they do not (plots).")
-    setup_text = "VGG with and without BN; top Hessian eigenvalue by power iteration on the batch loss over training."
-    caveat = ("a Hutchinson trace from few samples is noisy; on MNIST with a short run the curvature may still be "
-              "dominated by the initialization.")
+    setup_text = ("VGG with and without BN; the top-3 Hessian eigenvalues (Lanczos to a residual tolerance) and the "
+                  "Hutch++ trace of the batch loss over training.")
+    caveat = ("the trace is a stochastic estimate (Hutch++, 5% tolerance); on MNIST with a short run the curvature may "
+              "still be dominated by the initialization.")
     scales = {"paper": PAPER, "quick": QUICK, "smoke": SMOKE}
 
 
