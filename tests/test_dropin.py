@@ -372,6 +372,7 @@ ZERO = [("bn2d-train", lambda: nn.BatchNorm2d(3), (0, 3, 4, 4), True),
         ("gn-spatial", lambda: nn.GroupNorm(2, 4), (2, 4, 0), True),
         ("in1d", lambda: nn.InstanceNorm1d(3, track_running_stats=True), (2, 3, 0), True),
         ("ln", lambda: nn.LayerNorm(3), (0, 3), True)]
+# gn-spatial and ln were already right before issue 18 (coverage, not reproductions); the others raised there.
 
 
 @pytest.mark.parametrize("name,make,shape,train", ZERO, ids=[z[0] for z in ZERO])
@@ -442,23 +443,24 @@ def test_numpy_integers_accepted():
                                               (4, 4, 8, 8)),
                                              (lambda: normlab.LayerNorm(64), lambda: nn.LayerNorm(64), (8, 64))])
 def test_half_input_float32_params_affine_in_float32(make, twin, shape):
-    """float16 x, float32 weight/bias: the weight gradient as accurate as torch's (old: 1.6e-2 GN, 7e-3 BN)."""
+    """float16 x, float32 weight/bias: the affine runs in float32 (docs/backward.md §7), so the weight gradient is
+    right to ~1e-7 (torch's GN and BN: 6e-8, 1e-7). Rounding xhat to half first gives ~1e-4: the code before issue 18
+    had 1.3e-4 (GN), 1.2e-4 (BN), 2e-4 (LN). An absolute bound, not one relative to torch: torch's own LN is at 3e-4."""
     torch.manual_seed(0)
     x16 = (torch.randn(shape) * 2 + 1).half()
     g = torch.randn(shape).half()
-    errs = []
-    for m in (make(), twin()):
-        with torch.no_grad():
-            m.weight.copy_(torch.rand_like(m.weight) + 0.5)
-            m.bias.copy_(torch.randn_like(m.bias))
-        ref = twin().double()
-        ref.load_state_dict(m.state_dict())
-        y = m(x16)
-        assert y.dtype == torch.float16
-        y.backward(g)
-        ref(x16.double()).backward(g.double())
-        errs.append((m.weight.grad.double() - ref.weight.grad).abs().max() / ref.weight.grad.abs().max())
-    assert errs[0] < max(4 * errs[1], 1e-5), errs
+    m = make()
+    with torch.no_grad():
+        m.weight.copy_(torch.rand_like(m.weight) + 0.5)
+        m.bias.copy_(torch.randn_like(m.bias))
+    ref = twin().double()
+    ref.load_state_dict(m.state_dict())
+    y = m(x16)
+    assert y.dtype == torch.float16
+    y.backward(g)
+    ref(x16.double()).backward(g.double())
+    err = (m.weight.grad.double() - ref.weight.grad).abs().max() / ref.weight.grad.abs().max()
+    assert err < 1e-5, err
 
 
 @pytest.mark.filterwarnings("ignore")
