@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import core
-from . import functional as F
+from . import functional as F, scripted
 from .functional import positive_int
 
 
@@ -99,6 +99,10 @@ class _BatchNorm(_NormBase):
         return self.plain_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
+            self._check_input_dim(x)   # torch.nn's rank check (the twin's method)
+            return scripted.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                       self.num_batches_tracked, self.training, self.momentum, self.eps)
         if self.plain_bn:
             return self._bn(x, self.weight, self.bias)
         leaf = F.fx_leaf(self, x)
@@ -108,6 +112,15 @@ class _BatchNorm(_NormBase):
         if self._plain(x):   # the core fuses normalize and affine
             return self._bn(x, self.weight, self.bias)
         return core.affine(self._normalize(x), self.weight, self.bias, core.channel_shape(x.dim()))
+
+    def __prepare_scriptable__(self) -> _BatchNorm:
+        """torch.jit.script calls this on every module before compiling: refuse, by name, the BN layers whose forward
+        is not plain BN (the variants, SyncBatchNorm), where torch's op would silently give other numbers."""
+        if not self.plain_bn or type(self).forward is not _BatchNorm.forward:
+            raise RuntimeError(f"torch.jit.script: normlab.{type(self).__name__} cannot be scripted: under "
+                               "TorchScript normlab's layers take torch.nn's op, and torch.nn has no scriptable op "
+                               "for this layer (torch.nn.SyncBatchNorm does not script either); see docs/dropin.md")
+        return self
 
 
 class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):

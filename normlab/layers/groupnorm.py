@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import core
-from . import functional as F
+from . import functional as F, scripted
 from .batchnorm import _NormBase
 from .functional import positive_int
 
@@ -53,6 +53,8 @@ class GroupNorm(nn.GroupNorm):
             **self.__dict__, use_bias=self.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
+            return torch.nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.num_channels)
 
 
@@ -70,6 +72,8 @@ class LayerNorm(nn.LayerNorm):
             **self.__dict__, use_bias=self.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
+            return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
@@ -83,6 +87,8 @@ class LayerNorm2d(nn.LayerNorm):
                          dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
+            return scripted.layer_norm_2d(x, self.weight, self.bias, self.eps)
         return F.layer_norm_2d(x, self.weight, self.bias, self.eps, self.normalized_shape[0])
 
 
@@ -96,6 +102,8 @@ class RMSNorm(nn.RMSNorm):
                          elementwise_affine, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
+            return torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
@@ -109,6 +117,10 @@ class _InstanceNorm(_NormBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
+            return scripted.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                          self.training, self.momentum, self.eps, self.num_features,
+                                          self._get_no_batch_dim() - 1)   # torch's method: spatial + 1
         return F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
                                self.momentum, self.eps, self.num_features, self._spatial, type(self).__name__)
 
