@@ -24,6 +24,9 @@ from normlab.experiments import backends, runner
 from normlab.experiments.base import Experiment, Outcome, Scale, Verdict
 from normlab.experiments.common import train_run
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup), so the suite starts one local Ray, not two
+pytestmark = pytest.mark.xdist_group("ray")
+
 TIMING = {"time", "wall_s", "wall_time_s", "peak_rss_mb", "elapsed"}   # clocks and memory, never the same twice
 
 
