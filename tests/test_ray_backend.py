@@ -53,19 +53,25 @@ def run_records(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray of 2 CPUs for this module. Its workers import the normlab (and this test module) that pytest
-    imported: PYTHONPATH is set before the cluster starts, since the workers inherit the starting process's env."""
+    """A local Ray of 2 CPUs for this module (or the cluster RAY_ADDRESS names, e.g. one from `ray start --head`).
+
+    Its workers must import the normlab (and this test module) that pytest imported: a cluster started here inherits
+    PYTHONPATH from this process, set before it starts; an existing one gets it through the job's runtime_env."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'normlab[ray]')")
     here = [str(Path(normlab.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(here + ([old] if old else []))
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+    path = os.pathsep.join(here + ([old] if old else []))
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, logging_level="ERROR")
+    else:
+        os.environ["PYTHONPATH"] = path
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        finally:
+            if old is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = old
     yield ray
     ray.shutdown()
 
