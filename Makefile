@@ -36,8 +36,9 @@ reproduce: setup
 	$(PRELOAD) $(PY) -m normlab.cli reproduce $(ARGS)
 
 # The layer tests run twice: as users get them (the fast path wherever it fits) and on the eager core alone.
+# --dist loadgroup: the Ray backend tests (xdist_group "ray") run in one worker, so the suite starts one local Ray.
 test: setup
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
 	NORMLAB_FAST=0 $(PY) -m pytest -n 2 tests/test_layers_conformance.py tests/test_core.py tests/test_variants.py \
 	    tests/test_reference.py tests/test_bad_input.py tests/test_dropin.py
 

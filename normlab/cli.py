@@ -260,9 +260,12 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
               help="Worker processes (each with cores/jobs torch threads).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads per worker [$OMP_NUM_THREADS if set, else cores // jobs].")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: --jobs worker processes here; ray: one Ray task per run with --threads CPUs (+1 GPU on "
+                   "cuda) on the Ray cluster (RAY_ADDRESS) or a local one; needs pip install 'normlab[ray]'.")
 @click.option("--list", "list_", is_flag=True, help="List the experiment ids and exit.")
 def reproduce(scale: str, only: tuple[str, ...], out: str | None, seeds: int | None, device: str, jobs: int,
-              threads: int | None, list_: bool) -> None:
+              threads: int | None, backend: str, list_: bool) -> None:
     """Reproduce the papers' experiments: runs (cached by config hash, resumable), figures, verdicts, report."""
     from . import experiments as ex
     if list_:
@@ -271,15 +274,16 @@ def reproduce(scale: str, only: tuple[str, ...], out: str | None, seeds: int | N
             click.echo(f"{i:22s} {e.source}")
         return
     _reproduce(ex, scale, only, out or f"out/reproduce-{scale}", seeds, device, jobs,
-               threads or _default_threads(jobs))
+               threads or _default_threads(jobs), backend)
 
 
 def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, jobs: int,
-               threads: int | None = None) -> None:
+               threads: int | None = None, backend: str = "local") -> None:
     from .records import InUseError, describe_os_error
     try:
         chosen = ex.resolve(list(only))
-        res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs, threads=threads)
+        res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs, threads=threads,
+                           backend=backend)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     except InUseError as e:

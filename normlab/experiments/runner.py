@@ -1,4 +1,5 @@
-"""`normlab reproduce`: expand experiments into runs, run the missing ones (in worker processes), analyze, report.
+"""`normlab reproduce`: expand experiments into runs, run the missing ones (backends.py: local worker processes or
+Ray tasks), analyze, report.
 
 Layout of DIR:
   runs/<hash>/         run.json (identity), train's records (config.json, metrics.jsonl, diagnostics.jsonl,
@@ -10,12 +11,8 @@ interrupted reproduce resumes and loses no finished run.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextlib
-import multiprocessing as mp
 import os
 import platform
-import shutil
 import signal
 import sys
 import threading
@@ -29,6 +26,8 @@ from typing import Callable
 from .. import records
 from ..util import duration
 from ..report import write_report
+from . import backends
+from .backends import DONE, execute, run_dir  # noqa: F401  (execute: the seam both backends call; tests use it here)
 from .base import Experiment, Outcome, Result, Run, Verdict
 from .facts import finish
 from .registry import ids
@@ -38,13 +37,6 @@ Echo = Callable[[str], None]
 
 def _echo(msg: str) -> None:
     print(msg, flush=True)
-
-
-def run_dir(out: Path, run: Run) -> Path:
-    return out / "runs" / run.key
-
-
-DONE = "done.json"   # written last, atomically: the run is complete exactly when this file exists
 
 
 def load_result(out: Path, run: Run, echo: Echo | None = None) -> Result | None:
@@ -74,70 +66,8 @@ def _write_json(path: Path, obj: object) -> None:
     records.atomic_write_json(path, obj, default=str, indent=1)
 
 
-def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
-    """Execute one run into its folder and write done.json last. Runs in a worker process.
-
-    A folder left by an interrupted attempt is cleared, unless it holds train's checkpoint.pt: then train resumes
-    from it (same config, same data order; rows after the checkpoint are dropped and recomputed).
-    """
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-    d = run_dir(out, run)
-    if d.exists() and not (d / "checkpoint.pt").exists():
-        shutil.rmtree(d)   # never trust a partial record
-    d.mkdir(parents=True, exist_ok=True)
-    _write_json(d / "run.json", run.to_json())
-    t0 = time.perf_counter()
-    with open(d / "log.txt", "a") as log, contextlib.redirect_stderr(log):
-        summary = dict(exp.execute(run, d) or {})
-    summary["wall_s"] = time.perf_counter() - t0
-    summary["run"] = run.to_json()
-    _write_json(d / DONE, summary)
-    return summary
-
-
-def _tune_malloc() -> None:
-    """glibc only: keep freed activation buffers in the heap instead of returning them to the OS every step.
-
-    With the defaults, every step's multi-MB activations are mmap'ed and unmapped again; the page faults cost about
-    a quarter of the CPU time of a quick reproduction (measured: 517 s system of 2071 s). M_MMAP_THRESHOLD = 32 MiB,
-    M_TRIM_THRESHOLD = 1 GiB make it ~1%."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)   # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 2**30)        # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-def _init_worker(threads: int) -> None:
-    """Worker set-up: torch threads; Ctrl-C is the parent's to handle; die with the parent (Linux)."""
-    import torch
-    torch.set_num_threads(threads)
-    _tune_malloc()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-        except OSError:  # pragma: no cover - best effort
-            pass
-
-
 def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt   # a kill (e.g. a CI time-out) stops like Ctrl-C: finished runs stay, workers end
-
-
-def _stop(pool: cf.ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the workers now (their unfinished runs have no done.json)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.terminate()
 
 
 def machine() -> str:
@@ -161,35 +91,35 @@ def rerun_command(exp_id: str, scale: str, out: Path, seeds: int | None, device:
 
 def reproduce(experiments: list[Experiment], scale: str = "quick", out: str | Path = "out/reproduce",
               seeds: int | None = None, device: str = "cpu", jobs: int = 2, threads: int | None = None,
-              echo: Echo = _echo, report: bool = True) -> dict:
+              echo: Echo = _echo, report: bool = True, backend: str = "local") -> dict:
     """Run `experiments` at `scale`; returns {"verdicts": {id: outcome}, "report": path, "failed": [...], ...}.
 
-    jobs: worker processes (1 = in this process); threads: torch threads per worker (default cores // jobs).
+    jobs: worker processes (1 = in this process; backend "local" only); threads: torch threads per run (default
+    cores // jobs); backend: "local" (the worker pool) or "ray" (one Ray task per run, see backends.py).
     """
     if not experiments:
         raise ValueError("experiments: expected at least one experiment")
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs: expected a positive int, got {jobs!r}")
+    backends.check(backend, device)
     out = Path(out)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     with records.DirLock(out, "normlab reproduce"):   # one reproduction per folder: a second one is refused
-        return _reproduce_locked(experiments, scale, out, seeds, device, jobs, threads, echo, report)
+        return _reproduce_locked(experiments, scale, out, seeds, device, jobs, threads, echo, report, backend)
 
 
 def _reproduce_locked(experiments: list[Experiment], scale: str, out: Path, seeds: int | None, device: str,
-                      jobs: int, threads: int, echo: Echo, report: bool) -> dict:
+                      jobs: int, threads: int, echo: Echo, report: bool, backend: str) -> dict:
     rep = _Reproduction(experiments, scale, out, seeds, device, echo)
     echo(f"normlab reproduce --scale {scale}: {len(rep.plans)} experiment(s), {rep.total} runs "
-         f"({rep.n_cached} reused, {len(rep.pending)} to run) with {jobs} worker(s) x {threads} thread(s) -> {out}")
+         f"({rep.n_cached} reused, {len(rep.pending)} to run) with {backends.describe(backend, jobs, threads, device)}"
+         f" -> {out}")
     for eid in rep.plans:
         rep.maybe_analyze(eid)   # experiments whose runs are all cached
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
     try:
-        if jobs == 1 or len(rep.pending) <= 1:
-            rep.run_here()
-        else:
-            _run_pool(rep.pending, out, jobs, threads, rep.on_done, echo)
+        backends.run(backend, rep.pending, out, rep.on_done, echo, jobs, threads, device)
     except KeyboardInterrupt:
         echo(f"\ninterrupted: {rep.n_finished} new run(s) finished and kept; rerun the same command to resume")
         raise
@@ -270,20 +200,6 @@ class _Reproduction:
                 self.failed[eid].append(f"{mine.label}: {last}")
             self.maybe_analyze(eid)
 
-    def run_here(self) -> None:
-        """Execute the pending runs one after another in this process."""
-        _tune_malloc()
-        for key, (exp, run, _) in list(self.pending.items()):
-            self.echo(f"  → {run.exp} {run.label} …")
-            try:
-                summary = execute(exp, run, self.out)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception:
-                self.on_done(key, None, traceback.format_exc())
-            else:
-                self.on_done(key, summary, None)
-
     def result(self) -> dict:
         """{"verdicts", "failed", "out", "wall_s", "runs", "reused"} from results/<id>.json."""
         verdicts = {}
@@ -293,39 +209,6 @@ class _Reproduction:
                 verdicts[eid] = _read_result(path)["outcome"]["verdict"]["outcome"]
         return {"verdicts": verdicts, "failed": {k: v for k, v in self.failed.items() if v}, "out": str(self.out),
                 "wall_s": time.perf_counter() - self.t_start, "runs": self.total, "reused": self.n_cached}
-
-
-def _run_pool(pending: dict, out: Path, jobs: int, threads: int, on_done, echo: Echo, restarts: int = 2) -> None:
-    """Run the pending runs in `jobs` worker processes. A worker that dies (the OOM killer, a signal) breaks the whole
-    pool and every run still in it: the pool is started again for the unfinished runs, at most `restarts` times."""
-    todo = dict(pending)
-    for attempt in range(restarts + 1):
-        ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools or locks
-        pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
-        futures = {pool.submit(execute, exp, run, out, threads): key for key, (exp, run, _) in todo.items()}
-        broken = False
-        try:
-            for fut in cf.as_completed(futures):
-                key = futures[fut]
-                try:
-                    summary = fut.result()
-                except cf.process.BrokenProcessPool:
-                    if attempt < restarts:
-                        broken = True
-                        continue
-                    on_done(key, None, traceback.format_exc())
-                except Exception:
-                    on_done(key, None, traceback.format_exc())
-                else:
-                    on_done(key, summary, None)
-                todo.pop(key)
-        except BaseException:
-            _stop(pool)
-            raise
-        pool.shutdown(wait=True)
-        if not broken:
-            return
-        echo(f"  a worker process died: restarting the workers for the {len(todo)} unfinished run(s)")
 
 
 def _finish_experiment(exp: Experiment, sc, runs: list[Run], done: dict[str, Result], failed: list[str], out: Path,
