@@ -26,9 +26,7 @@ def _stat_shape(x: torch.Tensor, dims: list[int]) -> list[int]:
 
 
 def _plan(x, dims, weight, bias, wshape):
-    if not _pkg._on:
-        return None
-    return _pkg.plan(x, dims, 2.0, weight, bias, wshape)
+    return _pkg.fits(x, dims, weight, bias, wshape)
 
 
 @torch.library.custom_op("normlab::norm_fwd", mutates_args=(), device_types="cpu")

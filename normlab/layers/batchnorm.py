@@ -69,12 +69,14 @@ class _NormBase(nn.modules.batchnorm._NormBase):
 class _BatchNorm(_NormBase):
     """Statistics per channel over the batch and all spatial positions (m' = N * spatial values).
 
-    Subclasses (the variants) that change the normalization set `plain_bn = False` and override
-    `_normalize(x) -> xhat`; `_plain(x)` says when such a variant reduces to BN on an input, to get its numbers.
+    `fuse_affine` (a class attribute): the forward is exactly BN, normalize and affine in one core call
+    (functional.batch_norm, fused on the fast path). The variants that change the normalization set it False and
+    override the one hook `_normalize(x) -> xhat`; `_plain(x)` says when such a variant reduces to BN on an input,
+    to get its numbers.
     """
 
     _ranks: tuple[int, ...] | None = ()
-    plain_bn = True   # this class's forward is exactly BN (functional.batch_norm): FX traces through it
+    fuse_affine = True   # this class's forward is exactly BN (functional.batch_norm): FX traces through it
 
     def _check_input(self, x: torch.Tensor) -> None:
         core.check_float(x)
@@ -96,10 +98,10 @@ class _BatchNorm(_NormBase):
         return self._bn(x, None, None)
 
     def _plain(self, x: torch.Tensor) -> bool:
-        return self.plain_bn
+        return self.fuse_affine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plain_bn:
+        if self.fuse_affine:
             return self._bn(x, self.weight, self.bias)
         leaf = F.fx_leaf(self, x)
         if leaf is not None:
