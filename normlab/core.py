@@ -3,8 +3,10 @@
     xhat = (x - mean_S(x)) / s,   s = sqrt(var_S(x) + eps)          (Ioffe & Szegedy Alg. 1; Wu & He Eq. 1)
 
 where S is a set of axes chosen by the layer (BN: batch + spatial; LN: features; IN: spatial; GN: a reshaped group axis).
-The scale s generalises to Lp norms (Santurkar et al. Sec. 3.3): s = (mean_S |x - mean|^p + eps)^(1/p) for p in {1, 2},
-s = max_S |x - mean| + eps for p = inf. The backward is written by hand (docs/backward.md):
+The scale s is a Dispersion value: RMS above; MEAN_ABS and MAX_ABS, Santurkar et al.'s Lp norms (Sec. 3.3),
+s = mean_S |x - mean| + eps (p = 1) and s = max_S |x - mean| + eps (p = inf); UNCENTERED_RMS, RMSNorm's
+s = sqrt(mean_S x^2 + eps) without centering. Each dispersion's class holds its forward, its backward and its jvp.
+The backward is written by hand (docs/backward.md):
 
     dx = (1/s) * (g - sum(g)/m - sum(g * xhat) * (w - mean(w))),   w = ds/dc with c = x - mean, scaled by s
 
@@ -12,11 +14,15 @@ with w = xhat/m for p = 2 (then mean(w) = 0 and this is the familiar BN backward
 sign at the arg-max for p = inf. The two cross-sample reductions sum(g) and sum(g * xhat) are the only ones SyncBN must
 all-reduce. The backward is itself built from differentiable torch ops, so double backward (Hessian-vector products) works.
 
+Two paths, chosen at one dispatch point (_use_fused): the fused custom op of normlab.fast (RMS only, kernels prepared,
+layout fits) or the eager reference Function NormalizeFn (every dispersion; torch.func, forward-mode AD, create_graph).
+
 Imports torch only.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -43,7 +49,8 @@ def check_eps(eps: float) -> float:
 
 
 def check_p(p: float) -> float:
-    if p not in (1, 2, math.inf):
+    """p as a float, when it is an Lp exponent with a Dispersion (1, 2, math.inf; see dispersion())."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or p not in _BY_P:
         raise ValueError(f"p: expected 1, 2 or math.inf, got {p!r}")
     return float(p)
 
@@ -245,11 +252,7 @@ _BY_P = {2.0: RMS, 1.0: MEAN_ABS, math.inf: MAX_ABS}
 
 def dispersion(p: "float | Dispersion") -> Dispersion:
     """The Dispersion for an Lp exponent p in {1, 2, math.inf} (or a Dispersion, returned as it is)."""
-    if isinstance(p, Dispersion):
-        return p
-    if isinstance(p, bool) or p not in _BY_P:
-        raise ValueError(f"p: expected 1, 2 or math.inf, got {p!r}")
-    return _BY_P[p]
+    return p if isinstance(p, Dispersion) else _BY_P[check_p(p)]
 
 
 def statistics(x: torch.Tensor, dims: Dims, p: "float | Dispersion" = RMS) -> tuple[torch.Tensor, torch.Tensor]:
