@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from . import data as _data, diagnostics as _diagnostics, fast as _fast, models as _models
 from .config import MAX_SEED, TrainConfig
 
 _D = TrainConfig()   # `normlab train`'s defaults are TrainConfig's: one home for each
@@ -69,11 +70,10 @@ def _parse_kw(ctx, param, values: tuple[str, ...]) -> dict:
 
 
 @main.command()
-@click.option("--model", type=click.Choice(["mlp", "vgg", "linear", "resnet"]), default=_D.model, show_default=True)
+@click.option("--model", type=click.Choice(_models.names()), default=_D.model, show_default=True)
 @click.option("--norm", default=_D.norm, show_default=True, callback=_check_norm,
               help="Norm spec from the factory: none, bn, gn:8, ln, in, ... ")
-@click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist", "cifar10", "synthetic-linear"]),
-              default=_D.dataset, show_default=True)
+@click.option("--dataset", type=click.Choice(_data.names()), default=_D.dataset, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=_D.optimizer, show_default=True)
 @click.option("--lr", type=float, default=_D.lr, show_default=True, callback=_check_positive, help="Learning rate.")
 @click.option("--momentum", type=click.FloatRange(min=0), default=_D.momentum, show_default=True, help="SGD momentum.")
@@ -144,6 +144,7 @@ def train(**opts) -> None:
             click.echo(f"note: {note}", err=True)
     except ConfigError as e:
         raise click.UsageError(str(e))
+    _fast.prepare()   # the fast kernels built (or loaded) now, never inside a training step
     try:
         summary = run_train(cfg, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
     except (ConfigError, DataError, CheckpointError) as e:
@@ -191,7 +192,7 @@ def _floats(ctx, param, value: str) -> tuple[float, float]:
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--what", default="all", show_default=True,
-              help="Comma-separated: distributions, ics, landscape, hessian, bound (or all).")
+              help=f"Comma-separated: {', '.join(_diagnostics.diagnosable())} (or all).")
 @click.option("--data", "data_root", type=click.Path(file_okay=False), default=None,
               help="Data dir [the run's data_root, else $NORMLAB_DATA].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
@@ -215,17 +216,17 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
 
     import torch
 
-    from . import data, diagnostics, models
     from .checkpoint import load_checkpoint, write_json_atomic
     from .train import TrainConfig, loss_fn_for, lr_at, make_optimizer
     path = Path(checkpoint) / "checkpoint.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     try:
-        names = diagnostics.parse_what(what)
+        names = _diagnostics.parse_what(what)
         state = load_checkpoint(path)
         cfg = TrainConfig.from_dict(state["config"])
         seed = cfg.seed if cfg.dataset == "synthetic-linear" else 0   # as train() loads it
-        ds = data.load(cfg.dataset, root=data_root or cfg.data_root, seed=seed)
-        model = models.build(cfg.model, cfg.norm, ds.in_shape, ds.num_classes, cfg.init, **dict(cfg.model_kw))
+        ds = _data.load(cfg.dataset, root=data_root or cfg.data_root, seed=seed)
+        _fast.prepare()
+        model = _models.build(cfg.model, cfg.norm, ds.in_shape, ds.num_classes, cfg.init, **dict(cfg.model_kw))
         model.load_state_dict(state["model"])
         opt = make_optimizer(cfg, model.parameters())
         opt.load_state_dict(state["optimizer"])
@@ -236,11 +237,11 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
         lr = lr if lr is not None else lr_at(cfg, int(state["step"]))
         sel = None if layers is None else [int(v) if v.strip().lstrip("-").isdigit() else v.strip()
                                            for v in layers.split(",")]
-        results = diagnostics.diagnose(model.train(), loss_fn, xs[idx], ys[idx], names, opt, lr, sel, **opts)
+        results = _diagnostics.diagnose(model.train(), loss_fn, xs[idx], ys[idx], names, opt, lr, sel, **opts)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise click.UsageError(f"diagnose: {e}") from e
     click.echo(f"{path} (step {state['step']}, {cfg.model}/{cfg.norm}/{ds.name}), {split} batch of {n}, lr {lr:g}")
-    click.echo(diagnostics.format_table(results))
+    click.echo(_diagnostics.format_table(results))
     dest = Path(out) if out else path.parent / "diagnose.json"
     write_json_atomic(dest, {"checkpoint": str(path), "step": state["step"], "config": cfg.to_dict(), "split": split,
                              "batch_size": n, "batch_seed": batch_seed, "lr": lr, "options": opts,
@@ -280,6 +281,7 @@ def reproduce(scale: str, only: tuple[str, ...], out: str | None, seeds: int | N
 def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, jobs: int,
                threads: int | None = None, backend: str = "local") -> None:
     from .records import InUseError, describe_os_error
+    _fast.prepare()   # built once here, before the workers start (each loads the cached build)
     try:
         chosen = ex.resolve(list(only))
         res = ex.reproduce(chosen, scale=scale, out=out, seeds=seeds, device=device, jobs=jobs, threads=threads,

@@ -30,12 +30,11 @@ class ConfigError(ValueError):
 # What models.build passes itself; the other parameters of a model's constructor are its model_kw.
 _BUILD_SUPPLIES = {"self", "in_features", "in_shape", "num_classes", "norm", "d"}
 _BUILD_EXTRAS = {"init_std": 0.1}               # every model: the std of the gaussian/ioffe init
-_MODEL_CLASSES = {"mlp": "MLP", "vgg": "VGG", "linear": "DeepLinear", "resnet": "ResNet"}
 
 
 def model_kw_defaults(model: str) -> dict[str, Any]:
     """The keywords `model` takes in model_kw and their defaults, read from its constructor's signature."""
-    cls = getattr(models, _MODEL_CLASSES[model])
+    cls = models.MODELS.get(model)
     kw = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n not in _BUILD_SUPPLIES}
     kw.update(_BUILD_EXTRAS)
     if model == "resnet":
@@ -65,7 +64,7 @@ def _kw_ok(value: Any, default: Any) -> str | None:
 
 def check_model_kw(model: str, kw: dict) -> None:
     """ConfigError when model_kw has a keyword `model`'s constructor does not take, or a value of the wrong form."""
-    if model not in _MODEL_CLASSES:
+    if model not in models.MODELS:
         return
     known = model_kw_defaults(model)
     unknown = sorted(set(kw) - set(known))
@@ -100,8 +99,8 @@ def check_model(cfg: "TrainConfig") -> list[str]:
     try:
         model = models.build(cfg.model, cfg.norm, shape, classes, cfg.init, **dict(cfg.model_kw))
     except (ValueError, TypeError, RuntimeError) as e:
-        forms = ", ".join(factory._FORMS.get(n, n) for n in factory.valid_specs())
-        raise ConfigError(f"norm: {cfg.norm!r} does not fit model {cfg.model!r}: {e} (valid forms: {forms})") from None
+        raise ConfigError(f"norm: {cfg.norm!r} does not fit model {cfg.model!r}: {e} (valid forms: "
+                          f"{factory.forms()})") from None
     local = cfg.batch_size // max(1, cfg.nproc)
     if local <= 16:
         try:

@@ -3,8 +3,10 @@
     xhat = (x - mean_S(x)) / s,   s = sqrt(var_S(x) + eps)          (Ioffe & Szegedy Alg. 1; Wu & He Eq. 1)
 
 where S is a set of axes chosen by the layer (BN: batch + spatial; LN: features; IN: spatial; GN: a reshaped group axis).
-The scale s generalises to Lp norms (Santurkar et al. Sec. 3.3): s = (mean_S |x - mean|^p + eps)^(1/p) for p in {1, 2},
-s = max_S |x - mean| + eps for p = inf. The backward is written by hand (docs/backward.md):
+The scale s is a Dispersion value: RMS above; MEAN_ABS and MAX_ABS, Santurkar et al.'s Lp norms (Sec. 3.3),
+s = mean_S |x - mean| + eps (p = 1) and s = max_S |x - mean| + eps (p = inf); UNCENTERED_RMS, RMSNorm's
+s = sqrt(mean_S x^2 + eps) without centering. Each dispersion's class holds its forward, its backward and its jvp.
+The backward is written by hand (docs/backward.md):
 
     dx = (1/s) * (g - sum(g)/m - sum(g * xhat) * (w - mean(w))),   w = ds/dc with c = x - mean, scaled by s
 
@@ -12,11 +14,15 @@ with w = xhat/m for p = 2 (then mean(w) = 0 and this is the familiar BN backward
 sign at the arg-max for p = inf. The two cross-sample reductions sum(g) and sum(g * xhat) are the only ones SyncBN must
 all-reduce. The backward is itself built from differentiable torch ops, so double backward (Hessian-vector products) works.
 
+Two paths, chosen at one dispatch point (_use_fused): the fused custom op of normlab.fast (RMS only, kernels prepared,
+layout fits) or the eager reference Function NormalizeFn (every dispersion; torch.func, forward-mode AD, create_graph).
+
 Imports torch only.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -43,7 +49,8 @@ def check_eps(eps: float) -> float:
 
 
 def check_p(p: float) -> float:
-    if p not in (1, 2, math.inf):
+    """p as a float, when it is an Lp exponent with a Dispersion (1, 2, math.inf; see dispersion())."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or p not in _BY_P:
         raise ValueError(f"p: expected 1, 2 or math.inf, got {p!r}")
     return float(p)
 
@@ -87,56 +94,194 @@ def _centered(x: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor, 
     return mean0 + delta, var, c, delta
 
 
-def statistics(x: torch.Tensor, dims: Dims, p: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, dispersion) over `dims`, keepdim. Dispersion: biased variance (p=2), mean |x-mean| (p=1), max (p=inf).
+def _sums(g: torch.Tensor, xhat: torch.Tensor, dims: Dims) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(m, sum_S g, sum_S g * xhat): the two cross-sample reductions of every backward here."""
+    return count(g, dims), g.sum(dim=dims, keepdim=True), (g * xhat).sum(dim=dims, keepdim=True)
 
-    The dispersion is computed around the mean (two passes), so 1e4 + N(0, 1) in float32 keeps its digits.
+
+# -------------------------------------------------------------------------------------------------------- dispersions
+class Dispersion:
+    """The scale s of xhat = (x - mean) / s, as a small value instead of a float p threaded through the core.
+
+    Each dispersion is a statistic d over the set S and its scale s(d, eps); it owns its forward (xhat, mean, d) and,
+    next to it, the hand-written backward and the jvp (docs/backward.md). Four exist: RMS (BN's sqrt(var + eps)),
+    MEAN_ABS and MAX_ABS (Santurkar et al.'s L1 and L-inf BN) and UNCENTERED_RMS (RMSNorm: no centering, mean = 0).
+    `p` is the Lp exponent a layer states (2, 1, inf; None for the uncentered one).
     """
-    if p == 2:
+
+    name = "dispersion"
+    p: float | None = None
+
+    def __repr__(self) -> str:
+        return f"core.{self.name}"
+
+    def statistics(self, x: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, d) over dims, keepdim."""
+        raise NotImplementedError
+
+    def scale(self, d: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, dims: Dims, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(xhat, mean, d)."""
+        mean, d = self.statistics(x, dims)
+        return (x - mean) / self.scale(d, eps), mean, d
+
+    def weights(self, xhat: torch.Tensor, dims: Dims, m: int) -> torch.Tensor:
+        """w - mean_S(w), w = ds/dc in units of 1/s (c = x - mean): the scale's share of the backward."""
+        raise NotImplementedError
+
+    def from_sums(self, g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, sum_g: torch.Tensor,
+                  sum_gx: torch.Tensor, m: int, w: torch.Tensor | None) -> torch.Tensor:
+        """dx = (g - sum(g)/m - sum(g * xhat) * w) / s from the two reductions (SyncBN passes global ones)."""
+        return (g - sum_g / m - sum_gx * w) / s
+
+    def backward(self, x: torch.Tensor, g: torch.Tensor, dims: Dims, eps: float) -> torch.Tensor:
+        """dL/dx from dL/dxhat = g, with xhat and s rebuilt from x by differentiable ops (so a graph built here,
+        create_graph / Hessians, is exact)."""
+        mean, d = self.statistics(x, dims)
+        s = self.scale(d, eps)
+        xhat = (x - mean) / s
+        m, sum_g, sum_gx = _sums(g, xhat, dims)
+        return self.from_sums(g, xhat, s, sum_g, sum_gx, m, self.weights(xhat, dims, m))
+
+    def jvp(self, xhat: torch.Tensor, d: torch.Tensor, t: torch.Tensor, dims: Dims, eps: float) -> torch.Tensor:
+        """The same linear map forward: dxhat = (dc - xhat * sum_S(w * dc)) / s, dc = t - mean_S(t)."""
+        m = count(xhat, dims)
+        dc = t - t.mean(dim=dims, keepdim=True)
+        ds = (self.weights(xhat, dims, m) * dc).sum(dim=dims, keepdim=True)
+        return (dc - xhat * ds) / self.scale(d, eps)
+
+
+class _RMS(Dispersion):
+    """BN's scale: d = biased variance, s = sqrt(d + eps); w = xhat / m, whose mean is 0."""
+    name, p = "RMS", 2.0
+
+    def statistics(self, x, dims):
         mean, var, _, _ = _centered(x, dims)
         return mean, var
-    mean = x.mean(dim=dims, keepdim=True)
-    dev = (x - mean).abs()
-    disp = dev.mean(dim=dims, keepdim=True) if p == 1 else dev.amax(dim=dims, keepdim=True)
-    return mean, disp
 
+    def scale(self, d, eps):
+        return torch.sqrt(d + eps)
 
-def scale_from(disp: torch.Tensor, eps: float, p: float = 2.0) -> torch.Tensor:
-    """s from the dispersion: sqrt(var + eps) for p = 2, disp + eps otherwise."""
-    return torch.sqrt(disp + eps) if p == 2 else disp + eps
+    def forward(self, x, dims, eps):
+        mean, var, c, delta = _centered(x, dims)
+        inv = 1.0 / self.scale(var, eps)
+        return torch.addcmul(delta * -inv, c, inv), mean, var   # xhat = (c - delta) / s
 
+    def weights(self, xhat, dims, m):
+        return xhat / m
 
-def _scale_weights(xhat: torch.Tensor, dims: Dims, m: int, p: float) -> torch.Tensor | None:
-    """w - mean(w) for p != 2 (ds/dc in units of 1/s); None for p = 2, where it is xhat/m."""
-    if p == 1:
-        w = torch.sign(xhat) / m
-    else:  # inf: the sub-gradient of max, shared evenly between ties as torch.amax does
-        a = xhat.abs()
-        mask = (a == a.amax(dim=dims, keepdim=True)).to(xhat.dtype)
-        w = torch.sign(xhat) * mask / mask.sum(dim=dims, keepdim=True)
-    return w - w.mean(dim=dims, keepdim=True)
-
-
-def backward_from_sums(g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, sum_g: torch.Tensor,
-                       sum_gx: torch.Tensor, m: int, p: float = 2.0, w: torch.Tensor | None = None) -> torch.Tensor:
-    """dL/dx from dL/dxhat = g and the two reductions sum(g), sum(g * xhat) over the m values of each statistic.
-
-    SyncBN passes globally all-reduced sums and the global m; everything else is local and elementwise.
-    """
-    if p == 2:
+    def from_sums(self, g, xhat, s, sum_g, sum_gx, m, w):
         # (g - sum_g/m - xhat * sum_gx/m) / s in two fused passes: g * (1/s) - sum_g/(m s) - xhat * sum_gx/(m s)
         inv = 1.0 / s
         dx = torch.addcmul(sum_g * (-inv / m), g, inv)
         return torch.addcmul(dx, xhat, sum_gx * (-inv / m))   # not in place: vmap has a rule for it
-    return (g - sum_g / m - sum_gx * w) / s
+
+    def backward(self, x, g, dims, eps):
+        mean, d = self.statistics(x, dims)
+        s = self.scale(d, eps)
+        xhat = (x - mean) / s
+        m, sum_g, sum_gx = _sums(g, xhat, dims)
+        return self.from_sums(g, xhat, s, sum_g, sum_gx, m, None)
 
 
-def _backward(g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, dims: Dims, p: float) -> torch.Tensor:
-    m = count(g, dims)
-    sum_g = g.sum(dim=dims, keepdim=True)
-    sum_gx = (g * xhat).sum(dim=dims, keepdim=True)
-    w = None if p == 2 else _scale_weights(xhat, dims, m, p)
-    return backward_from_sums(g, xhat, s, sum_g, sum_gx, m, p, w)
+class _LpAbs(Dispersion):
+    """Santurkar et al.'s Lp scales: d = mean_S |c| (p = 1) or max_S |c| (p = inf), s = d + eps."""
+
+    def statistics(self, x, dims):
+        mean = x.mean(dim=dims, keepdim=True)
+        dev = (x - mean).abs()
+        return mean, (dev.mean(dim=dims, keepdim=True) if self.p == 1 else dev.amax(dim=dims, keepdim=True))
+
+    def scale(self, d, eps):
+        return d + eps
+
+
+class _MeanAbs(_LpAbs):
+    """d = mean_S |c|; w = sign(xhat) / m."""
+    name, p = "MEAN_ABS", 1.0
+
+    def weights(self, xhat, dims, m):
+        w = torch.sign(xhat) / m
+        return w - w.mean(dim=dims, keepdim=True)
+
+
+class _MaxAbs(_LpAbs):
+    """d = max_S |c|; w = sign(xhat) at the arg-max, the sub-gradient shared evenly between ties as torch.amax."""
+    name, p = "MAX_ABS", math.inf
+
+    def weights(self, xhat, dims, m):
+        a = xhat.abs()
+        mask = (a == a.amax(dim=dims, keepdim=True)).to(xhat.dtype)
+        w = torch.sign(xhat) * mask / mask.sum(dim=dims, keepdim=True)
+        return w - w.mean(dim=dims, keepdim=True)
+
+
+class _UncenteredRMS(Dispersion):
+    """RMSNorm (Zhang & Sennrich 2019): no centering (mean = 0), d = mean_S(x^2), xhat = x * r, r = 1/sqrt(d + eps).
+
+    Backward (BN's derivation without the mean): dx = r * (g - xhat * mean_S(g * xhat)).
+    jvp: dxhat = r * (dx - xhat * mean_S(xhat * dx)).
+    """
+    name = "UNCENTERED_RMS"
+
+    def statistics(self, x, dims):
+        d = x.square().mean(dim=dims, keepdim=True)
+        return torch.zeros_like(d), d
+
+    def scale(self, d, eps):
+        return torch.sqrt(d + eps)
+
+    def forward(self, x, dims, eps):
+        mean, d = self.statistics(x, dims)
+        return x * torch.rsqrt(d + eps), mean, d
+
+    def backward(self, x, g, dims, eps):
+        r = torch.rsqrt(x.square().mean(dim=dims, keepdim=True) + eps)
+        xhat = x * r
+        return r * (g - xhat * (g * xhat).mean(dim=dims, keepdim=True))
+
+    def jvp(self, xhat, d, t, dims, eps):
+        return torch.rsqrt(d + eps) * (t - xhat * (xhat * t).mean(dim=dims, keepdim=True))
+
+
+RMS, MEAN_ABS, MAX_ABS, UNCENTERED_RMS = _RMS(), _MeanAbs(), _MaxAbs(), _UncenteredRMS()
+_BY_P = {2.0: RMS, 1.0: MEAN_ABS, math.inf: MAX_ABS}
+
+
+def dispersion(p: "float | Dispersion") -> Dispersion:
+    """The Dispersion for an Lp exponent p in {1, 2, math.inf} (or a Dispersion, returned as it is)."""
+    return p if isinstance(p, Dispersion) else _BY_P[check_p(p)]
+
+
+def statistics(x: torch.Tensor, dims: Dims, p: "float | Dispersion" = RMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, dispersion) over `dims`, keepdim. Dispersion: biased variance (p=2), mean |x-mean| (p=1), max (p=inf).
+
+    The dispersion is computed around the mean (two passes), so 1e4 + N(0, 1) in float32 keeps its digits.
+    """
+    return dispersion(p).statistics(x, dims)
+
+
+def scale_from(disp: torch.Tensor, eps: float, p: "float | Dispersion" = RMS) -> torch.Tensor:
+    """s from the dispersion: sqrt(var + eps) for p = 2, disp + eps otherwise."""
+    return dispersion(p).scale(disp, eps)
+
+
+def _scale_weights(xhat: torch.Tensor, dims: Dims, m: int, p: "float | Dispersion") -> torch.Tensor:
+    """w - mean(w), w = ds/dc in units of 1/s (Dispersion.weights)."""
+    return dispersion(p).weights(xhat, dims, m)
+
+
+def backward_from_sums(g: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor, sum_g: torch.Tensor,
+                       sum_gx: torch.Tensor, m: int, p: "float | Dispersion" = RMS,
+                       w: torch.Tensor | None = None) -> torch.Tensor:
+    """dL/dx from dL/dxhat = g and the two reductions sum(g), sum(g * xhat) over the m values of each statistic.
+
+    SyncBN passes globally all-reduced sums and the global m; everything else is local and elementwise. w: the
+    dispersion's weights (None for p = 2).
+    """
+    return dispersion(p).from_sums(g, xhat, s, sum_g, sum_gx, m, w)
 
 
 def _up(t: torch.Tensor) -> torch.Tensor:
@@ -146,64 +291,44 @@ def _up(t: torch.Tensor) -> torch.Tensor:
 
 class _NormalizeBase(torch.autograd.Function):
     """The eager reference without its jvp (NormalizeFn below adds it; torch.compile traces this base, as Dynamo
-    does not trace a custom jvp): xhat, mean, dispersion = NormalizeFn.apply(x, dims, eps, p). Only xhat carries a gradient.
+    does not trace a custom jvp): xhat, mean, d = NormalizeFn.apply(x, dims, eps, disp), disp a Dispersion.
+    Only xhat carries a gradient.
 
-    xhat is float32 for half inputs (the caller applies the affine in float32, then casts). Backward: the hand-written
-    formula above, rebuilt from x with differentiable ops, so double backward and torch.func's nested transforms work.
-    jvp: the same linear map forward, dxhat = (dc - xhat * sum(w * dc)) / s with dc = dx - mean(dx). vmap: generated
-    from these (every op is per statistic set, so a vmapped call normalizes each example over its own `dims`).
+    xhat is float32 for half inputs (the caller applies the affine in float32, then casts). The math is the
+    dispersion's: forward, backward (rebuilt from x with differentiable ops, so double backward and torch.func's
+    nested transforms work) and jvp side by side in its class above. vmap: generated from these (every op is per
+    statistic set, so a vmapped call normalizes each example over its own `dims`).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, dims: Dims, eps: float, p: float):
-        x32 = _up(x)
-        if p == 2:
-            mean, disp, c, delta = _centered(x32, dims)
-            inv = 1.0 / scale_from(disp, eps, p)
-            xhat = torch.addcmul(delta * -inv, c, inv)   # (c - delta) / s
-        else:
-            mean, disp = statistics(x32, dims, p)
-            xhat = (x32 - mean) / scale_from(disp, eps, p)
-        return xhat, mean, disp
+    def forward(x: torch.Tensor, dims: Dims, eps: float, disp: Dispersion):
+        return disp.forward(_up(x), dims, eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, dims, eps, p = inputs
-        xhat, mean, disp = output
+        x, dims, eps, disp = inputs
+        xhat, mean, d = output
         ctx.save_for_backward(x)
-        ctx.save_for_forward(xhat, disp)
-        ctx.dims, ctx.eps, ctx.p = dims, eps, p
-        ctx.mark_non_differentiable(mean, disp)
+        ctx.save_for_forward(xhat, d)
+        ctx.dims, ctx.eps, ctx.disp = dims, eps, disp
+        ctx.mark_non_differentiable(mean, d)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor, _gmean, _gdisp):
         (x,) = ctx.saved_tensors
-        dims, p = ctx.dims, ctx.p
-        x32 = _up(x)
-        # xhat and s rebuilt from x with differentiable ops: a graph built here (create_graph, hessian) is exact
-        mean, disp = statistics(x32, dims, p)
-        s = scale_from(disp, ctx.eps, p)
-        xhat = (x32 - mean) / s
-        dx = _backward(_up(g), xhat, s, dims, p)
+        dx = ctx.disp.backward(_up(x), _up(g), ctx.dims, ctx.eps)
         return dx.to(x.dtype), None, None, None
 
 
-
 class NormalizeFn(_NormalizeBase):
-    """The eager reference: xhat, mean, dispersion = NormalizeFn.apply(x, dims, eps, p), with forward-mode AD."""
+    """The eager reference: xhat, mean, d = NormalizeFn.apply(x, dims, eps, disp), with forward-mode AD."""
 
     @staticmethod
     def jvp(ctx, x_t: torch.Tensor, *_):
-        xhat, disp = ctx.saved_tensors
-        dims, p = ctx.dims, ctx.p
-        m = count(xhat, dims)
-        t = x_t.to(xhat.dtype)
-        dc = t - t.mean(dim=dims, keepdim=True)
-        w = xhat / m if p == 2 else _scale_weights(xhat, dims, m, p)
-        ds = (w * dc).sum(dim=dims, keepdim=True)   # ds / s in units of s: sum_S (ds/dc) dc
-        return (dc - xhat * ds) / scale_from(disp, ctx.eps, p), None, None
+        xhat, d = ctx.saved_tensors
+        return ctx.disp.jvp(xhat, d, x_t.to(xhat.dtype), ctx.dims, ctx.eps), None, None
 
 
 # ------------------------------------------------------------------------------------------- the fused op's autograd
@@ -223,10 +348,12 @@ def _fused_backward(ctx, g: torch.Tensor, _gmean, _gvar, _grstd):
         dx, dw, db = torch.ops.normlab.norm_bwd(g, x, mean, rstd, weight, bias, list(ctx.dims), list(ctx.wshape))
     else:
         dims = ctx.dims
-        mean, disp = statistics(x, dims)
-        s = scale_from(disp, ctx.eps)
+        mean, disp = RMS.statistics(x, dims)
+        s = RMS.scale(disp, ctx.eps)
         xhat = (x - mean) / s
-        dx = _backward(g if weight is None else g * weight.view(ctx.wshape), xhat, s, dims, 2.0)
+        gw = g if weight is None else g * weight.view(ctx.wshape)
+        m, sum_g, sum_gx = _sums(gw, xhat, dims)
+        dx = RMS.from_sums(gw, xhat, s, sum_g, sum_gx, m, None)
         ref = weight if weight is not None else bias
         full = ref.view(ctx.wshape).shape if ref is not None else None
         dw = None if weight is None else (g * xhat).sum_to_size(full).view_as(weight)
@@ -241,39 +368,41 @@ def _wrapped(t: torch.Tensor | None) -> bool:
     return t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
-def _use_fused(x: torch.Tensor, dims: Dims, p: float, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               shape: tuple[int, ...] | None) -> bool:
-    """The one dispatch point between the fused op (normlab.fast) and the eager reference (NormalizeFn)."""
-    if p != 2 or not _fast.enabled():
+def _use_fused(x: torch.Tensor, dims: Dims, disp: Dispersion, weight: torch.Tensor | None,
+               bias: torch.Tensor | None, shape: tuple[int, ...] | None) -> bool:
+    """The one dispatch point between the fused op (normlab.fast: BN's RMS scale only) and the eager reference
+    (NormalizeFn). It never builds the kernels: normlab.fast.prepare() does, ahead of the first forward."""
+    if disp is not RMS or not _fast.enabled():
         return False
     if torch.compiler.is_compiling():   # traced: dtype and device decide, the op handles any layout
         return _fast.traceable_fits(x, weight, bias)
     if _wrapped(x) or _wrapped(weight) or _wrapped(bias) or _fwd_ad._current_level >= 0:
         return False   # torch.func transforms and forward-mode AD take the reference Function (jvp, vmap rule)
-    return _fast.plan(x, dims, p, weight, bias, shape) is not None
+    return _fast.fits(x, dims, weight, bias, shape) is not None
 
 
 def _reference() -> type[torch.autograd.Function]:
     return _NormalizeBase if torch.compiler.is_compiling() else NormalizeFn
 
 
-def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5, p: float = 2.0):
-    """Training transform: normalize x by its own statistics over `dims`.
+def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5, p: "float | Dispersion" = RMS):
+    """Training transform: normalize x by its own statistics over `dims`, with the scale `p` (a Dispersion, or the
+    Lp exponent 2, 1 or math.inf).
 
     Returns (xhat, mean, dispersion); xhat has x's dtype; mean/dispersion keep dims, are float32 for half inputs and
     carry no gradient.
     """
     check_float(x)
-    dims, eps, p = check_dims(x, dims), check_eps(eps), check_p(p)
-    if _use_fused(x, dims, p, None, None, None):
+    dims, eps, disp = check_dims(x, dims), check_eps(eps), dispersion(p)
+    if _use_fused(x, dims, disp, None, None, None):
         y, mean, var, _ = torch.ops.normlab.norm_fwd(x, None, None, list(dims), [], eps)
         return y, mean, var
-    xhat, mean, disp = _reference().apply(x, dims, eps, p)
-    return xhat.to(x.dtype), mean, disp
+    xhat, mean, d = _reference().apply(x, dims, eps, disp)
+    return xhat.to(x.dtype), mean, d
 
 
 def normalize_affine(x: torch.Tensor, dims: Sequence[int], eps: float, weight: torch.Tensor | None,
-                     bias: torch.Tensor | None, shape: Sequence[int], p: float = 2.0):
+                     bias: torch.Tensor | None, shape: Sequence[int], p: "float | Dispersion" = RMS):
     """affine(normalize(x, dims, eps, p)[0], weight, bias, shape) -> (y, mean, dispersion).
 
     The affine is applied to the float32 xhat of half inputs, then cast (§7). On the fast path (normlab.fast) it is
@@ -282,31 +411,31 @@ def normalize_affine(x: torch.Tensor, dims: Sequence[int], eps: float, weight: t
     if weight is None and bias is None:
         return normalize(x, dims, eps, p)
     check_float(x)
-    dims, eps, p, shape = check_dims(x, dims), check_eps(eps), check_p(p), tuple(shape)
-    if _use_fused(x, dims, p, weight, bias, shape):
+    dims, eps, disp, shape = check_dims(x, dims), check_eps(eps), dispersion(p), tuple(shape)
+    if _use_fused(x, dims, disp, weight, bias, shape):
         y, mean, var, _ = torch.ops.normlab.norm_fwd(x, weight, bias, list(dims), list(shape), eps)
         return y, mean, var
-    if _use_fused(x, dims, p, None, None, None):   # the kernels' layout fits, the affine's broadcast does not
+    if _use_fused(x, dims, disp, None, None, None):   # the kernels' layout fits, the affine's broadcast does not
         y, mean, var, _ = torch.ops.normlab.norm_fwd(x, None, None, list(dims), [], eps)
         return affine(y, weight, bias, shape), mean, var
-    xhat, mean, disp = _reference().apply(x, dims, eps, p)
-    return affine(xhat, weight, bias, shape).to(x.dtype), mean, disp
+    xhat, mean, d = _reference().apply(x, dims, eps, disp)
+    return affine(xhat, weight, bias, shape).to(x.dtype), mean, d
 
 
 def normalize_with_affine(x: torch.Tensor, mean: torch.Tensor, disp: torch.Tensor, eps: float,
                           weight: torch.Tensor | None, bias: torch.Tensor | None, shape: Sequence[int],
-                          p: float = 2.0) -> torch.Tensor:
+                          p: "float | Dispersion" = RMS) -> torch.Tensor:
     """Inference transform with the affine: gamma * (x - mean) / s + beta, in float32 for half inputs, cast once."""
     x32 = _up(x)
-    inv = 1.0 / scale_from(disp.to(x32.dtype), eps, p)
+    inv = 1.0 / dispersion(p).scale(disp.to(x32.dtype), eps)
     return affine((x32 - mean.to(x32.dtype)) * inv, weight, bias, shape).to(x.dtype)
 
 
 def normalize_with(x: torch.Tensor, mean: torch.Tensor, disp: torch.Tensor, eps: float = 1e-5,
-                   p: float = 2.0) -> torch.Tensor:
+                   p: "float | Dispersion" = RMS) -> torch.Tensor:
     """Inference transform (Alg. 2): normalize with given statistics, broadcastable to x. No cross-sample terms."""
-    x32 = x.float() if x.dtype in _LOW_PRECISION else x
-    inv = 1.0 / scale_from(disp.to(x32.dtype), eps, p)
+    x32 = _up(x)
+    inv = 1.0 / dispersion(p).scale(disp.to(x32.dtype), eps)
     return ((x32 - mean.to(x32.dtype)) * inv).to(x.dtype)
 
 
@@ -332,57 +461,8 @@ def channel_shape(ndim: int, channel_dim: int = 1) -> list[int]:
     return shape
 
 
-# ------------------------------------------------------------------------------------------------------------ RMSNorm
-class _RMSNormalizeBase(torch.autograd.Function):
-    """xhat = RMSNormalizeFn.apply(x, dims, eps): x * r, r = 1 / sqrt(mean_S(x^2) + eps) (no centering).
-
-    Backward (the same derivation as BN's without the mean): dx = r * (g - xhat * mean_S(g * xhat)).
-    jvp: dxhat = r * (dx - xhat * mean_S(xhat * dx)). vmap: generated.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor, dims: Dims, eps: float):
-        x32 = _up(x)
-        return x32 * torch.rsqrt(x32.square().mean(dim=dims, keepdim=True) + eps)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, dims, eps = inputs
-        ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
-        ctx.dims, ctx.eps = dims, eps
-
-    @staticmethod
-    def _rebuild(ctx, x: torch.Tensor):
-        x32 = _up(x)
-        r = torch.rsqrt(x32.square().mean(dim=ctx.dims, keepdim=True) + ctx.eps)
-        return x32 * r, r
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        xhat, r = _RMSNormalizeBase._rebuild(ctx, x)
-        g32 = _up(g)
-        dx = r * (g32 - xhat * (g32 * xhat).mean(dim=ctx.dims, keepdim=True))
-        return dx.to(x.dtype), None, None
-
-
-
-class RMSNormalizeFn(_RMSNormalizeBase):
-    """RMSNorm's Function with forward-mode AD (jvp below); torch.compile traces the base, without it."""
-
-    @staticmethod
-    def jvp(ctx, x_t: torch.Tensor, *_):
-        (x,) = ctx.saved_tensors
-        xhat, r = RMSNormalizeFn._rebuild(ctx, x)
-        t = x_t.to(xhat.dtype)
-        return r * (t - xhat * (xhat * t).mean(dim=ctx.dims, keepdim=True))
-
-
 def rms_normalize(x: torch.Tensor, dims: Sequence[int], eps: float) -> torch.Tensor:
-    """x / sqrt(mean_S(x^2) + eps) over `dims` (RMSNorm without its weight); float32 for half inputs."""
+    """x / sqrt(mean_S(x^2) + eps) over `dims` (RMSNorm without its weight; the UNCENTERED_RMS dispersion); float32
+    for half inputs."""
     check_float(x)
-    fn = _RMSNormalizeBase if torch.compiler.is_compiling() else RMSNormalizeFn
-    return fn.apply(x, check_dims(x, dims), check_eps(eps))
+    return _reference().apply(x, check_dims(x, dims), check_eps(eps), UNCENTERED_RMS)[0]

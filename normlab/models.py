@@ -14,8 +14,13 @@ import torch
 from torch import nn
 
 from .layers.factory import norm_layer
+from .registry import Registry
 
-__all__ = ["build", "weight_layers", "names", "VGG_CONFIGS", "IOFFE_INIT_STD"]
+__all__ = ["build", "weight_layers", "names", "MODELS", "VGG_CONFIGS", "IOFFE_INIT_STD"]
+
+# name -> model class; each registers itself below and builds from (in_shape, num_classes, norm, **model_kw) with its
+# classmethod `from_shape` (the model_kw a class takes are its constructor's other parameters, config.py reads them)
+MODELS = Registry("model")
 
 # Ioffe & Szegedy only say "small random Gaussian values"; normlab takes N(0, 0.1^2) for weights and zero biases
 # ([open] in SPEC §2 ioffe-mnist; model_kw init_std changes it).
@@ -33,6 +38,7 @@ def _uses_norm(norm: str) -> bool:
     return norm.strip().lower() != "none"
 
 
+@MODELS.register("mlp")
 class MLP(nn.Sequential):
     """Flatten -> [Linear -> norm -> sigmoid] x len(hidden) -> Linear. Bias dropped where a norm follows (its
     beta does the bias's job, Ioffe & Szegedy Sec. 3.2)."""
@@ -50,7 +56,18 @@ class MLP(nn.Sequential):
         mods.append(nn.Linear(width, num_classes))
         super().__init__(*mods)
 
+    @classmethod
+    def from_shape(cls, in_shape: tuple[int, ...], num_classes: int, norm: str, kw: dict) -> "MLP":
+        return cls(math.prod(in_shape), tuple(kw.pop("hidden", (100, 100, 100))), num_classes, norm,
+                   kw.pop("activation", "sigmoid"))
 
+
+def _image_shape(name: str, in_shape: tuple[int, ...]) -> None:
+    if len(in_shape) != 3:
+        raise ValueError(f"in_shape: {name} expects (C, H, W), got {in_shape}")
+
+
+@MODELS.register("vgg")
 class VGG(nn.Module):
     """features: [conv3x3 -> norm -> ReLU | maxpool2]...; classifier: Linear(s) on the flattened features.
 
@@ -91,7 +108,13 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    @classmethod
+    def from_shape(cls, in_shape: tuple[int, ...], num_classes: int, norm: str, kw: dict) -> "VGG":
+        _image_shape("vgg", in_shape)
+        return cls(in_shape, num_classes, norm, kw.pop("cfg", "vgg11"), kw.pop("width", 1.0), kw.pop("hidden", 0))
 
+
+@MODELS.register("linear")
 class DeepLinear(nn.Sequential):
     """depth square Linear(d, d, bias=False) layers with a norm (ndim=1) after every layer but the last."""
 
@@ -102,6 +125,13 @@ class DeepLinear(nn.Sequential):
             if i < depth - 1 and _uses_norm(norm):
                 mods.append(norm_layer(norm, d, ndim=1))
         super().__init__(*mods)
+
+    @classmethod
+    def from_shape(cls, in_shape: tuple[int, ...], num_classes: int, norm: str, kw: dict) -> "DeepLinear":
+        d = math.prod(in_shape)
+        if num_classes != d:
+            raise ValueError(f"num_classes: the deep linear net is square, expected {d} outputs, got {num_classes}")
+        return cls(d, kw.pop("depth", 25), norm)
 
 
 class BasicBlock(nn.Module):
@@ -125,6 +155,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.norm2(self.conv2(out)) + s)
 
 
+@MODELS.register("resnet")
 class ResNet(nn.Module):
     """CIFAR ResNet-(6n+2): conv3x3 stem, three stages of n BasicBlocks at widths (16, 32, 64) * width, strides
     (1, 2, 2), global average pool, Linear."""
@@ -148,6 +179,14 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+    @classmethod
+    def from_shape(cls, in_shape: tuple[int, ...], num_classes: int, norm: str, kw: dict) -> "ResNet":
+        _image_shape("resnet", in_shape)
+        zero = kw.pop("zero_init_residual", True)
+        model = cls(in_shape, num_classes, norm, kw.pop("depth", 8), kw.pop("width", 1.0))
+        model.zero_init_residual = zero   # read by build() after the init scheme
+        return model
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -181,11 +220,10 @@ def _zero_last_gamma(model: nn.Module) -> None:
 
 
 _INITS = ("default", "glorot", "ioffe", "gaussian")
-_NAMES = ("mlp", "vgg", "linear", "resnet")
 
 
 def names() -> list[str]:
-    return list(_NAMES)
+    return MODELS.names()
 
 
 def build(name: str, norm: str = "none", in_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
@@ -197,8 +235,7 @@ def build(name: str, norm: str = "none", in_shape: tuple[int, ...] = (1, 28, 28)
     kw per model: mlp(hidden=(100, 100, 100), activation="sigmoid"); vgg(cfg="vgg11" | list, width=1.0, hidden=0);
     linear(depth=25); resnet(depth=8, width=1.0, zero_init_residual=True).
     """
-    if name not in _NAMES:
-        raise ValueError(f"name: unknown model {name!r}; valid: {', '.join(_NAMES)}")
+    cls = MODELS.get(name, "name")
     if init not in _INITS:
         raise ValueError(f"init: unknown scheme {init!r}; valid: {', '.join(_INITS)}")
     if not isinstance(norm, str):
@@ -206,28 +243,12 @@ def build(name: str, norm: str = "none", in_shape: tuple[int, ...] = (1, 28, 28)
     init_std = float(kw.pop("init_std", IOFFE_INIT_STD))
     in_shape = tuple(int(s) for s in in_shape)
     try:
-        if name == "mlp":
-            model: nn.Module = MLP(math.prod(in_shape), tuple(kw.pop("hidden", (100, 100, 100))), num_classes, norm,
-                                   kw.pop("activation", "sigmoid"))
-        elif name == "vgg":
-            if len(in_shape) != 3:
-                raise ValueError(f"in_shape: vgg expects (C, H, W), got {in_shape}")
-            model = VGG(in_shape, num_classes, norm, kw.pop("cfg", "vgg11"), kw.pop("width", 1.0), kw.pop("hidden", 0))
-        elif name == "linear":
-            d = math.prod(in_shape)
-            if num_classes != d:
-                raise ValueError(f"num_classes: the deep linear net is square, expected {d} outputs, got {num_classes}")
-            model = DeepLinear(d, kw.pop("depth", 25), norm)
-        else:
-            if len(in_shape) != 3:
-                raise ValueError(f"in_shape: resnet expects (C, H, W), got {in_shape}")
-            zero = kw.pop("zero_init_residual", True)
-            model = ResNet(in_shape, num_classes, norm, kw.pop("depth", 8), kw.pop("width", 1.0))
+        model = cls.from_shape(in_shape, num_classes, norm, kw)   # pops the keywords it takes
     except TypeError as e:
         raise TypeError(f"model_kw for {name!r}: {e}") from e
     if kw:
         raise TypeError(f"model_kw: unexpected keyword(s) {', '.join(sorted(kw))} for model {name!r}")
     _init(model, init, init_std)
-    if name == "resnet" and zero:
+    if getattr(model, "zero_init_residual", False):
         _zero_last_gamma(model)
     return model

@@ -26,6 +26,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed as dist_mod
+from . import fast
 from . import hooks as hk
 from . import models, records
 from .config import (IN_SHAPES, MAX_SEED, NON_RESULT_FIELDS, ConfigError, TrainConfig, check_model, check_model_kw,
@@ -230,7 +231,9 @@ class _Setup:
 def _setup(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> _Setup:
     """Seed, load and subset the data, build the model (SyncBN, rank 0's weights), optimizer, loss and evaluator.
 
-    The order of these calls fixes what the seeded random stream gives each of them: keep it."""
+    The order of these calls fixes what the seeded random stream gives each of them: keep it. The fast kernels are
+    prepared here, before the first forward (normlab.fast never builds inside a step)."""
+    fast.prepare()
     _seed_all(cfg.seed)
     ds = _dataset(cfg)
     x_train, y_train = ds.x_train, ds.y_train

@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normlab"
 # Import cycles known today, outside the training stack: {modules in the cycle: why it is still there}.
 KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({"normlab.fast", "normlab.fast.ops"}):
-        "issue 16 item 4 (backend seam): the custom ops call back into normlab.fast's kernels by module attribute "
-        "(tests spy on them); to go when the kernels move to a CPU backend module both import",
+        "issue 16 item 4: the kernels moved to the backend module fast/cpu.py (which imports nothing of normlab), but "
+        "the custom ops still call the front's forward/backward/fits by module attribute, where tests/test_fast.py's "
+        "spies patch them; to go when those spies patch the backend instead",
 }
 
 # Modules that import all of their package dependencies at module level (issue 16: 28 function-level imports hid

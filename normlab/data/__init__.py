@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..registry import Registry
 from . import download as _download
 from .readers import CIFAR_BIN_DIR, CIFAR_PY_DIR, DataError, find_idx, read_cifar_dir, read_idx_set, read_npz, safe_extract
 
-__all__ = ["Dataset", "DataError", "load", "identity", "names", "data_dir", "augment"]
+__all__ = ["Dataset", "DataError", "DATASETS", "load", "identity", "names", "data_dir", "augment"]
+
+# name -> loader(root: Path, seed, download) -> Dataset; each loader registers itself below
+DATASETS = Registry("dataset")
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 # Full MNIST (LeCun, Cortes & Burges; CC BY-SA 3.0), carried by the repository so that a fresh clone works offline.
@@ -132,6 +136,16 @@ def _locate(name: str, root: Path) -> tuple[str, list[Path]] | None:
     return None
 
 
+@DATASETS.register("mnist")
+def _load_mnist(root: Path, seed: int, download: bool) -> Dataset:
+    return _load_mnist_like("mnist", root, download)
+
+
+@DATASETS.register("fashion-mnist")
+def _load_fashion_mnist(root: Path, seed: int, download: bool) -> Dataset:
+    return _load_mnist_like("fashion-mnist", root, download)
+
+
 def _load_mnist_like(name: str, root: Path, download: bool) -> Dataset:
     found = _locate(name, root)
     if found and found[0] == "npz":
@@ -155,7 +169,8 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> Dataset:
     raise _missing(name, _places(name, root), how + (f" (download failed: {error})" if error else "")) from error
 
 
-def _load_cifar10(root: Path, download: bool) -> Dataset:
+@DATASETS.register("cifar10")
+def _load_cifar10(root: Path, seed: int, download: bool) -> Dataset:
     places = [root, root / "cifar10"]
     for place in places:
         arrays = read_cifar_dir(place) if place.is_dir() else None
@@ -178,7 +193,9 @@ def _load_cifar10(root: Path, download: bool) -> Dataset:
                    f"{root / 'cifar10'}" + (f" ({error})" if error else "")) from error
 
 
-def _load_synthetic_linear(seed: int, n: int = 1000, d: int = 10) -> Dataset:
+@DATASETS.register("synthetic-linear")
+def _load_synthetic_linear(root: Path | None, seed: int, download: bool = False, n: int = 1000,
+                           d: int = 10) -> Dataset:
     """SPEC §2 deep-linear-net data: x_i ~ N(0, I_d), A_jk ~ N(0, 1), y_i = A x_i; n train and n test samples."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(d, d, generator=g)
@@ -188,11 +205,14 @@ def _load_synthetic_linear(seed: int, n: int = 1000, d: int = 10) -> Dataset:
                    task="regression", extra={"A": a})
 
 
-_NAMES = ("mnist", "fashion-mnist", "cifar10", "synthetic-linear")
-
-
 def names() -> list[str]:
-    return list(_NAMES)
+    return DATASETS.names()
+
+
+def _known(name: str) -> str:
+    """name, lower-cased, when it is a registered dataset; ValueError naming the valid ones otherwise."""
+    DATASETS.get(name.lower() if isinstance(name, str) else name, "name")   # raises for an unknown name
+    return name.lower()
 
 
 @lru_cache(maxsize=64)
@@ -209,9 +229,7 @@ def identity(name: str, root: str | os.PathLike | None = None) -> dict:
     "sha256"}]} for file-backed data (hashes cached per path, size and mtime), the generator's description for
     synthetic-linear, or {"dataset", "missing": True} when nothing is on disk. Runs key their cache on it, so a
     changed dataset never reuses old runs."""
-    if not isinstance(name, str) or name.lower() not in _NAMES:
-        raise ValueError(f"name: unknown dataset {name!r}; valid: {', '.join(_NAMES)}")
-    name = name.lower()
+    name = _known(name)
     if name == "synthetic-linear":
         return {"dataset": name, "generator": "x ~ N(0, I_10), y = A x, A ~ N(0, 1), n = 1000 (seeded)"}
     root = data_dir(root)
@@ -232,18 +250,14 @@ def identity(name: str, root: str | os.PathLike | None = None) -> dict:
 
 def load(name: str, root: str | os.PathLike | None = None, seed: int = 0, download: bool = True) -> Dataset:
     """Load dataset `name` into memory (see the module docstring); `seed` only affects synthetic-linear."""
-    if not isinstance(name, str) or name.lower() not in _NAMES:
-        raise ValueError(f"name: unknown dataset {name!r}; valid: {', '.join(_NAMES)}")
-    name = name.lower()
+    name = _known(name)
     if name == "synthetic-linear":
-        return _load_synthetic_linear(seed)
+        return _load_synthetic_linear(None, seed)
     root = data_dir(root)
     if root.exists() and not root.is_dir():   # a mistyped NORMLAB_DATA must not fall through to the carried copy
         raise DataError(f"{root}: cannot create the data folder (a file is in the way); the data dir (--data, "
                         f"NORMLAB_DATA or ~/.cache/normlab) must be a writable folder, not a file")
-    if name == "cifar10":
-        return _load_cifar10(root, download)
-    return _load_mnist_like(name, root, download)
+    return DATASETS.get(name)(root, seed, download)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True,

@@ -19,18 +19,20 @@ from .hessian import HessianOperator, hessian_trace, top_eigenvalue
 from .hooks import (HOOKS, BoundHook, DistributionsHook, HessianHook, ICSHook, LandscapeHook, SpectrumHook,
                     build_hook)
 from .ics import ics, simulate_step
+from .instrument import INSTRUMENTS, Context, Instrument, Options, diagnosable
 from .landscape import SPAN_LINEAR, SPAN_VGG, landscape, multipliers_for
 from .landscape2d import (BN_MODES, Direction, checkpoint_direction, filter_normalize, gradient_direction,
                           interpolate, random_direction, surface)
 from .spectrum import (KINDS, collect_batches, density_on_grid, hutchpp_trace, lanczos, power_iteration,
                        select_params, hessian_spectrum, slq_density)
-from .summary import INSTRUMENTS, diagnose, format_table, parse_what
+from .summary import diagnose, format_table, parse_what
 
 __all__ = ["distributions", "DistributionTracker", "unit_percentiles", "DEFAULT_PERCENTILES", "ics", "simulate_step",
            "landscape", "multipliers_for", "SPAN_VGG", "SPAN_LINEAR", "top_eigenvalue", "hessian_trace",
            "HessianOperator", "theorem41", "bn_layers", "ICSHook", "LandscapeHook", "HessianHook",
            "DistributionsHook", "BoundHook", "HOOKS", "build_hook", "diagnose", "format_table", "parse_what",
-           "INSTRUMENTS", "resolve_layers", "weight_layers", "stochastic_layers", "SpectrumHook", "KINDS", "lanczos",
+           "INSTRUMENTS", "Instrument", "Context", "Options", "diagnosable", "resolve_layers", "weight_layers",
+           "stochastic_layers", "SpectrumHook", "KINDS", "lanczos",
            "power_iteration",
            "slq_density", "hutchpp_trace", "density_on_grid", "hessian_spectrum", "select_params", "collect_batches",
            "BN_MODES", "Direction", "checkpoint_direction", "filter_normalize", "gradient_direction", "interpolate",

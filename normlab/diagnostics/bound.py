@@ -27,18 +27,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..layers.batchnorm import _BatchNorm
 from .common import LayerSpec, loss_of, model_mode, resolve_layers, rng_fork, trainable
 
 _TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _plain_bn(mod: nn.Module) -> bool:
-    """Standard BN (normlab's or torch's); variants that override _normalize or forward (noisy, Lp, ghost, renorm,
-    sync) compute something else, so the identity does not apply to them."""
-    if isinstance(mod, _BatchNorm):
-        return type(mod)._normalize is _BatchNorm._normalize and type(mod).forward is _BatchNorm.forward
-    return isinstance(mod, _TORCH_BN)
+    """Standard BN (normlab's or torch's BatchNorm1d/2d/3d, whose forward is exactly BN: fuse_affine); the variants
+    (noisy, Lp, ghost, renorm, sync: other classes, or fuse_affine False) compute something else, so the identity
+    does not apply to them."""
+    return isinstance(mod, _TORCH_BN) and getattr(type(mod), "fuse_affine", True)
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

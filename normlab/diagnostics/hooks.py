@@ -1,9 +1,10 @@
-"""The instruments as training-loop hooks (normlab.train protocol).
+"""The instruments as training-loop hooks (normlab.train protocol), each registered in INSTRUMENTS (instrument.py).
 
 train() calls hook(ctx) every step after loss.backward() and before optimizer.step(); ctx has step, model, x, y,
 loss_fn, optimizer, lr, loss. Each hook here acts only on its steps (`every` k steps counting from 0, or an explicit
-`steps` set), returns rows (train adds "step" and "hook" = the hook's name) and leaves the model, its buffers, its
-.grad, the optimizer state and the global RNG stream as it found them.
+`steps` set), returns rows of its declared schema (`fields`; train adds "step" and "hook" = the hook's name) and
+leaves the model, its buffers, its .grad, the optimizer state and the global RNG stream as it found them.
+`normlab diagnose` runs the same hooks (built by `from_options`) on a checkpoint.
 """
 from __future__ import annotations
 
@@ -14,34 +15,21 @@ from .common import LayerSpec, check_bn_mode
 from .distributions import DEFAULT_PERCENTILES, DistributionTracker
 from .hessian import hessian_trace, top_eigenvalue
 from .ics import ics
+from .instrument import INSTRUMENTS, Instrument, Options
 from .landscape import SPAN_VGG, _check_multipliers, landscape, multipliers_for
 from .spectrum import KINDS, ParamSpec, _check_which, collect_batches, hessian_spectrum
 
 
-class _Scheduled:
-    name = "hook"
-
-    def __init__(self, every: int = 1, steps: Iterable[int] | None = None) -> None:
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every: expected an int >= 1 (act at steps 0, every, 2*every, ...), got {every!r}")
-        self.every = every
-        self.steps = None if steps is None else frozenset(int(s) for s in steps)
-
-    def due(self, step: int) -> bool:
-        return step in self.steps if self.steps is not None else step % self.every == 0
-
-    def __call__(self, ctx: Any) -> list[dict] | dict | None:
-        if not self.due(ctx.step):
-            return None
-        return self.measure(ctx)
-
-    def measure(self, ctx: Any) -> list[dict] | dict:
-        raise NotImplementedError
+_Scheduled = Instrument   # the base class's former name
 
 
-class ICSHook(_Scheduled):
+@INSTRUMENTS.register("ics")
+class ICSHook(Instrument):
     """Definition 2.1 for `layers` (default all weight layers) with the run's optimizer; rows as ics()."""
     name = "ics"
+    fields = ("layer", "index", "n_earlier", "l2", "rel_l2", "cos", "g_norm", "g_prime_norm", "recomputed", "finite")
+    needs = {"optimizer": "ics simulates the optimizer's update; pass the run's optimizer"}
+    in_diagnose = True
 
     def __init__(self, layers: LayerSpec = None, recompute: bool | None = None, every: int = 1,
                  steps: Iterable[int] | None = None) -> None:
@@ -51,10 +39,20 @@ class ICSHook(_Scheduled):
     def measure(self, ctx: Any) -> list[dict]:
         return ics(ctx.model, ctx.loss_fn, ctx.x, ctx.y, ctx.optimizer, self.layers, self.recompute)
 
+    @classmethod
+    def from_options(cls, opts: Options) -> "ICSHook":
+        return cls(opts.layers)
 
-class LandscapeHook(_Scheduled):
-    """Loss/gradient along -g at s = span x ctx.lr (or multipliers x ctx.lr); one row as landscape()."""
+
+@INSTRUMENTS.register("landscape")
+class LandscapeHook(Instrument):
+    """Loss/gradient along -g at s = span x ctx.lr (or multipliers x ctx.lr); one row as landscape() and "lr"."""
     name = "landscape"
+    fields = ("bn_mode", "lr", "multipliers", "losses", "loss0", "loss_range", "grad_norm", "pred", "pred_max",
+              "pred_mean", "beta", "beta_max", "finite")
+    needs = {"lr": "landscape probes s = span x lr; pass the learning rate"}
+    in_diagnose = True
+    whole_model = True
 
     def __init__(self, span: tuple[float, float] = SPAN_VGG, points: int = 8, spacing: str = "linear",
                  bn_mode: str = "train", multipliers: Sequence[float] | None = None, every: int = 1,
@@ -74,11 +72,21 @@ class LandscapeHook(_Scheduled):
         row["lr"] = ctx.lr
         return row
 
+    @classmethod
+    def from_options(cls, opts: Options) -> "LandscapeHook":
+        return cls(opts.span, opts.points, opts.spacing, opts.bn_mode)
 
-class HessianHook(_Scheduled):
+
+@INSTRUMENTS.register("hessian")
+class HessianHook(Instrument):
     """Top eigenvalue (power iteration: at most `iters` products, None = 1000, stopping when the relative residual
-    is <= tol) and, when trace_samples > 0, the Hutchinson trace. kind/params as spectrum.HessianOperator."""
+    is <= tol) and, when trace_samples > 0, the Hutchinson trace (trace, trace_stderr, trace_samples).
+    kind/params as spectrum.HessianOperator."""
     name = "hessian"
+    fields = ("kind", "bn_mode", "eigenvalue", "iterations", "residual", "rel_change", "converged", "history", "loss",
+              "finite")
+    optional = ("trace", "trace_stderr", "trace_samples")
+    in_diagnose = True
 
     def __init__(self, iters: int | None = None, trace_samples: int = 0, bn_mode: str = "train", seed: int = 0,
                  tol: float = 1e-3, kind: str = "hessian", params: ParamSpec = None, every: int = 1,
@@ -99,17 +107,27 @@ class HessianHook(_Scheduled):
                        finite=row["finite"] and tr["finite"])
         return row
 
+    @classmethod
+    def from_options(cls, opts: Options) -> "HessianHook":
+        # --layers selects the Hessian's parameter block (that layer's Hessian)
+        return cls(opts.iters, opts.trace_samples, opts.bn_mode, opts.seed, params=opts.layers)
+
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
 
 
-class SpectrumHook(_Scheduled):
+@INSTRUMENTS.register("spectrum")
+class SpectrumHook(Instrument):
     """Top-k / bottom-k eigenvalues (Lanczos), Hutch++ trace and optionally SLQ nodes/weights; one row as
     spectrum.hessian_spectrum(). data: None (the step's batch), or a fixed iterable of (x, y) batches (materialized
     once, first max_batches) so that every record measures the same loss, averaged over those batches."""
     name = "spectrum"
+    fields = ("kind", "bn_mode", "params", "dim", "loss", "tol", "iterations", "breakdowns", "converged", "finite")
+    optional = ("top", "top_residuals", "bottom", "bottom_residuals", "trace", "trace_stderr", "trace_converged",
+                "trace_iterations", "density_nodes", "density_weights", "density_moments", "density_converged",
+                "batches")   # by `which`, `trace`, `density_probes` and `data`
 
     def __init__(self, k: int = 5, which: str = "both", kind: str = "hessian", params: ParamSpec = None,
                  bn_mode: str = "train", tol: float = 1e-3, max_iter: int | None = None, trace: bool = True,
@@ -137,10 +155,15 @@ class SpectrumHook(_Scheduled):
         return row
 
 
-class DistributionsHook(_Scheduled):
+@INSTRUMENTS.register("distributions")
+class DistributionsHook(Instrument):
     """Per-unit activation summaries of `layers` on the step's batch at the step's (pre-update) weights; the deltas
     are between consecutive records of this hook (prev_step says which)."""
     name = "distributions"
+    fields = ("layer", "index", "site", "units", "m", "percentiles", "mean", "var", "layer_mean", "layer_var",
+              "hist", "prev_step", "dmean", "dvar", "dmean_l2", "dvar_l2", "finite")
+    optional = ("unit_ids",)
+    in_diagnose = True
 
     def __init__(self, layers: LayerSpec = None, site: str = "output",
                  percentiles: Sequence[float] = DEFAULT_PERCENTILES, bins: int = 50,
@@ -152,10 +175,21 @@ class DistributionsHook(_Scheduled):
     def measure(self, ctx: Any) -> list[dict]:
         return self.tracker.record(ctx.model, ctx.x, ctx.step)
 
+    @classmethod
+    def from_options(cls, opts: Options) -> "DistributionsHook":
+        return cls(opts.layers, percentiles=opts.percentiles)
 
-class BoundHook(_Scheduled):
+
+@INSTRUMENTS.register("bound")
+class BoundHook(Instrument):
     """Theorem 4.1 identity, bound and shrink factors for every standard BN layer; rows as theorem41()."""
     name = "bound"
+    fields = ("layer", "units", "m", "eps", "lhs", "rhs_identity", "rhs_theorem", "identity_err", "identity_holds",
+              "bound_holds", "grad_z_sq", "grad_ratio", "shrink_min", "shrink_mean", "shrink_max", "removed_frac",
+              "removed_mean_frac", "removed_yhat_frac", "finite")
+    optional = ("lhs_units", "rhs_identity_units", "rhs_theorem_units", "shrink_units")   # per_unit=True
+    in_diagnose = True
+    whole_model = True
 
     def __init__(self, layers: Sequence[str] | None = None, per_unit: bool = False, every: int = 1,
                  steps: Iterable[int] | None = None) -> None:
@@ -165,13 +199,16 @@ class BoundHook(_Scheduled):
     def measure(self, ctx: Any) -> list[dict]:
         return theorem41(ctx.model, ctx.loss_fn, ctx.x, ctx.y, self.layers, self.per_unit)
 
+    @classmethod
+    def from_options(cls, opts: Options) -> "BoundHook":
+        return cls()   # every standard BN layer: --layers selects weight layers, which this does not measure
 
-HOOKS = {"ics": ICSHook, "landscape": LandscapeHook, "hessian": HessianHook, "distributions": DistributionsHook,
-         "bound": BoundHook, "spectrum": SpectrumHook}
+
+# the instruments defined here (the registry also holds those registered elsewhere, e.g. by normlab.experiments)
+HOOKS = dict(INSTRUMENTS.items())
 
 
-def build_hook(name: str, **kw: Any) -> _Scheduled:
-    """HOOKS[name](**kw), e.g. build_hook("ics", layers=[3, 10], every=50) from an experiment's config."""
-    if name not in HOOKS:
-        raise ValueError(f"name: unknown instrument {name!r}; valid: {', '.join(HOOKS)}")
-    return HOOKS[name](**kw)
+def build_hook(name: str, **kw: Any) -> Instrument:
+    """The registered instrument `name` built with kw, e.g. build_hook("ics", layers=[3, 10], every=50) from an
+    experiment's config; ValueError naming the registered ones for an unknown name."""
+    return INSTRUMENTS.get(name, "name")(**kw)

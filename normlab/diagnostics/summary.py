@@ -1,4 +1,9 @@
-"""Run several instruments on one (model, batch) and print them as a table (used by `normlab diagnose`)."""
+"""Run several instruments on one (model, batch) and print them as a table (used by `normlab diagnose`).
+
+The instruments are the registered ones that `normlab diagnose` offers (instrument.diagnosable()): each is built
+from the options by its class's `from_options` and measures exactly as its training hook does, so diagnose.json and
+diagnostics.jsonl hold rows of the same schema.
+"""
 from __future__ import annotations
 
 import math
@@ -7,35 +12,34 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .bound import theorem41
+from . import hooks as _hooks   # noqa: F401  - registers the instruments defined there
 from .common import LayerSpec, resolve_layers
-from .distributions import DEFAULT_PERCENTILES, distributions
-from .hessian import hessian_trace, top_eigenvalue
-from .ics import ics
-from .landscape import SPAN_VGG, landscape
-
-INSTRUMENTS = ("distributions", "ics", "landscape", "hessian", "bound")
+from .distributions import DEFAULT_PERCENTILES
+from .instrument import INSTRUMENTS, Context, Options, diagnosable
+from .landscape import SPAN_VGG
 
 
 def parse_what(what: str | Sequence[str]) -> list[str]:
-    """'ics,landscape' or a list -> validated list of instrument names ('all' = every one)."""
+    """'ics,landscape' or a list -> validated list of instrument names ('all' = every one diagnose offers)."""
+    offered = diagnosable()
     items = [w.strip() for w in what.split(",")] if isinstance(what, str) else [str(w) for w in what]
     items = [w for w in items if w]
     if items == ["all"]:
-        return list(INSTRUMENTS)
-    bad = [w for w in items if w not in INSTRUMENTS]
+        return offered
+    bad = [w for w in items if w not in offered]
     if bad or not items:
-        raise ValueError(f"what: unknown instrument(s) {bad or items}; valid: {', '.join(INSTRUMENTS)} or all")
+        raise ValueError(f"what: unknown instrument(s) {bad or items}; valid: {', '.join(offered)} or all")
     return items
 
 
 def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-             what: str | Sequence[str] = INSTRUMENTS, optimizer: torch.optim.Optimizer | None = None,
+             what: str | Sequence[str] = "all", optimizer: torch.optim.Optimizer | None = None,
              lr: float | None = None, layers: LayerSpec = None, span: tuple[float, float] = SPAN_VGG,
              points: int = 8, spacing: str = "linear", bn_mode: str = "train", iters: int | None = None,
              trace_samples: int = 0, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
              seed: int = 0) -> dict[str, Any]:
-    """{instrument: its result} for each name in `what`. ics needs `optimizer`; landscape needs `lr`.
+    """{instrument: its rows} for each name in `what` (a dict for the one-row instruments, a list for the per-layer
+    ones). ics needs `optimizer`; landscape needs `lr`.
 
     `layers` selects the layers of distributions and ics, and the parameter block of hessian (that layer's Hessian);
     landscape and bound always cover the whole model (every BN layer), which out["notes"] says when `layers` is set.
@@ -43,26 +47,15 @@ def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tens
     names = parse_what(what)
     if layers is not None:
         resolve_layers(model, layers, need_weight=False)   # a ValueError naming the valid layers
-    if "ics" in names and optimizer is None:
-        raise ValueError("optimizer: ics simulates the optimizer's update; pass the run's optimizer")
-    if "landscape" in names and lr is None:
-        raise ValueError("lr: landscape probes s = span x lr; pass the learning rate")
-    out: dict[str, Any] = {}
-    for name in names:
-        if name == "distributions":
-            out[name] = distributions(model, x, layers, percentiles=percentiles)
-        elif name == "ics":
-            out[name] = ics(model, loss_fn, x, y, optimizer, layers)
-        elif name == "landscape":
-            out[name] = landscape(model, loss_fn, x, y, lr, span=span, points=points, spacing=spacing,
-                                  bn_mode=bn_mode)
-        elif name == "hessian":
-            out[name] = top_eigenvalue(model, loss_fn, x, y, iters, bn_mode=bn_mode, seed=seed, params=layers)
-            if trace_samples:
-                out[name]["trace"] = hessian_trace(model, loss_fn, x, y, trace_samples, bn_mode, seed, params=layers)
-        else:
-            out[name] = theorem41(model, loss_fn, x, y)
-    whole = [n for n in names if n in ("landscape", "bound")]
+    ctx = Context(model, loss_fn, x, y, optimizer, lr)
+    opts = Options(layers, span, points, spacing, bn_mode, iters, trace_samples, percentiles, seed)
+    classes = {name: INSTRUMENTS.get(name) for name in names}
+    for cls in classes.values():
+        for attr, why in cls.needs.items():
+            if getattr(ctx, attr) is None:
+                raise ValueError(f"{attr}: {why}")
+    out: dict[str, Any] = {name: cls.from_options(opts)(ctx) for name, cls in classes.items()}
+    whole = [n for n, cls in classes.items() if cls.whole_model]
     if layers is not None and whole:
         out["notes"] = [f"--layers does not apply to {', '.join(whole)}: measured on the whole model"]
     return out
@@ -113,11 +106,10 @@ def format_table(results: dict[str, Any]) -> str:
                           *r["loss_range"], r["pred_max"], r["pred_mean"], r["beta_max"], r["finite"]]])
     if "hessian" in results:
         r = results["hessian"]
-        tr = r.get("trace")
         lines += _table(f"Hessian (bn_mode={r['bn_mode']})",
                         ["top_eigenvalue", "iterations", "residual", "converged", "trace", "trace_stderr", "finite"],
-                        [[r["eigenvalue"], r["iterations"], r["residual"], r["converged"], tr and tr["trace"],
-                          tr and tr["stderr"], r["finite"]]])
+                        [[r["eigenvalue"], r["iterations"], r["residual"], r["converged"], r.get("trace"),
+                          r.get("trace_stderr"), r["finite"]]])
     if "bound" in results:
         lines += _table("Theorem 4.1 per BN layer (sums over units)",
                         ["layer", "lhs", "rhs_identity", "rhs_theorem", "identity_err", "bound", "shrink_mean",

@@ -5,8 +5,8 @@ the figures and the verdict rule; runner.py runs them with hashing, caching and 
 report.
 """
 from .base import Experiment, Outcome, Result, Run, Scale, Verdict, run_hash
-from .registry import DEMO, get, ids, resolve
+from .registry import DEMO, EXPERIMENTS, get, ids, resolve
 from .runner import reproduce, verdict_table
 
-__all__ = ["Experiment", "Outcome", "Result", "Run", "Scale", "Verdict", "run_hash", "DEMO", "get", "ids", "resolve",
-           "reproduce", "verdict_table"]
+__all__ = ["Experiment", "Outcome", "Result", "Run", "Scale", "Verdict", "run_hash", "DEMO", "EXPERIMENTS", "get",
+           "ids", "resolve", "reproduce", "verdict_table"]

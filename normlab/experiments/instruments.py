@@ -1,6 +1,7 @@
 """Instrument specs -> train hooks. A spec is a JSON dict {"name": ..., **kwargs}, part of the run's hashed config.
 
-Names: the hooks of normlab.diagnostics (ics, landscape, hessian, distributions, bound) and three of normlab's own:
+Names: every instrument in normlab.diagnostics.INSTRUMENTS: the hooks of normlab.diagnostics (ics, landscape,
+hessian, spectrum, distributions, bound) and three registered here:
 "batch-acc", the training accuracy as a training loop sees it (train mode, the step's batch, noise included),
 "probe", per-unit moments of named modules' outputs on one fixed probe batch (distribution stability without the
 sampling noise of a new batch each record), and
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..diagnostics import INSTRUMENTS, Instrument
+
 
 def spec(name: str, **kw: Any) -> dict:
     """An instrument spec for a run's config."""
@@ -21,40 +24,32 @@ def spec(name: str, **kw: Any) -> dict:
 
 
 def build(s: dict) -> Any:
+    """The train hook of instrument spec `s`, from the instrument registry."""
     kw = dict(s)
-    name = kw.pop("name")
-    if name == "eval-modes":
-        return EvalModes(**kw)
-    if name == "batch-acc":
-        return BatchAccuracy(**kw)
-    if name == "probe":
-        return Probe(**kw)
-    from ..diagnostics import build_hook
-    return build_hook(name, **kw)
+    return INSTRUMENTS.get(kw.pop("name"), "name")(**kw)
 
 
-class BatchAccuracy:
+@INSTRUMENTS.register("batch-acc")
+class BatchAccuracy(Instrument):
     """Every `every` steps: accuracy and loss of the model in training mode on the step's own batch (pre-update
     weights, batch statistics, stochastic layers drawing fresh noise), i.e. the training accuracy a training loop
     logs. Running statistics and the global RNG are left as they were (diagnostics.common.forward / rng_fork)."""
 
     name = "batch-acc"
+    fields = ("acc", "loss")
 
     def __init__(self, every: int = 10) -> None:
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every: expected an int >= 1, got {every!r}")
-        self.every = every
+        super().__init__(every)
 
-    def __call__(self, ctx: Any) -> dict | None:
-        if ctx.step % self.every:
-            return None
+    def measure(self, ctx: Any) -> dict:
         from ..diagnostics.common import forward, rng_fork
         with torch.no_grad(), rng_fork(ctx.x, ctx.model):
             out = forward(ctx.model, {n: p.detach() for n, p in ctx.model.named_parameters()}, ctx.x)
         return {"acc": float((out.argmax(1) == ctx.y).float().mean()), "loss": float(ctx.loss_fn(out, ctx.y))}
 
 
-class Probe:
+@INSTRUMENTS.register("probe")
+class Probe(Instrument):
     """Every `every` steps: the mean and variance of every unit (channel) of each module in `layers` (output), on a
     fixed probe batch of `batch` test images (the first of a fixed permutation, the same for every run), in training
     mode as the network trains (batch statistics; running statistics, the RNG and noisy BN's generator left as they
@@ -62,11 +57,13 @@ class Probe:
     layer's units moves as the weights train, free of the sampling noise of a fresh batch (Santurkar Fig. 1-2)."""
 
     name = "probe"
+    fields = ("layer", "mean", "var")
 
     def __init__(self, layers: list[str], dataset: str, every: int = 10, batch: int = 256,
                  data_root: str | None = None) -> None:
         if not (isinstance(every, int) and every >= 1) or not (isinstance(batch, int) and batch >= 2):
             raise ValueError(f"every, batch: expected ints >= 1 and >= 2, got {every!r}, {batch!r}")
+        super().__init__(every)
         self.layers, self.dataset, self.every, self.batch, self.data_root = list(layers), dataset, every, batch, \
             data_root
         self._x = None
@@ -79,9 +76,7 @@ class Probe:
             self._x = ds.x_test[idx].to(device)
         return self._x
 
-    def __call__(self, ctx: Any) -> list[dict] | None:
-        if ctx.step % self.every:
-            return None
+    def measure(self, ctx: Any) -> list[dict]:
         from ..diagnostics.common import forward, rng_fork
         mods = dict(ctx.model.named_modules())
         missing = [n for n in self.layers if n not in mods]
@@ -126,7 +121,8 @@ def movement(rows: list[dict], lo: int, hi: int) -> tuple[float, float]:
     return sum(dm) / len(dm), sum(dv) / len(dv)
 
 
-class EvalModes:
+@INSTRUMENTS.register("eval-modes")
+class EvalModes(Instrument):
     """At `steps`, on a deep copy of the model (the run is untouched): test accuracy and loss with
       ema      the running statistics as trained (eval mode),
       precise  running statistics recomputed by normlab.tools.precise_bn from `precise_samples` training images,
@@ -134,9 +130,11 @@ class EvalModes:
     One row per step: {"ema_acc", "precise_acc", "batch_acc", "ema_loss", ...}."""
 
     name = "eval-modes"
+    fields = ("ema_acc", "ema_loss", "precise_acc", "precise_loss", "batch_acc", "batch_loss", "batch")
 
     def __init__(self, dataset: str, steps: list[int], batch: int, eval_samples: int = 2000,
                  precise_samples: int = 2000, data_root: str | None = None) -> None:
+        super().__init__(steps=steps)
         self.dataset, self.steps, self.batch = dataset, set(int(s) for s in steps), int(batch)
         self.eval_samples, self.precise_samples, self.data_root = int(eval_samples), int(precise_samples), data_root
         self._data = None
@@ -162,9 +160,7 @@ class EvalModes:
             total += float(loss_fn(out, y[i:i + chunk])) * chunk
         return correct / n, total / n
 
-    def __call__(self, ctx: Any) -> dict | None:
-        if ctx.step not in self.steps:
-            return None
+    def measure(self, ctx: Any) -> dict:
         from ..tools import precise_bn
         x, y, xtr = self._load(ctx.x.device)
         m = copy.deepcopy(ctx.model)

@@ -7,7 +7,7 @@
         first-order backward (docs/backward.md); dw / db have the parameters' shapes, or are empty without them.
 
 Each op has a fake kernel (shapes only, for tracing) and a CPU kernel: the C kernels when the layout fits (a Plan,
-normlab.fast.plan), else the same formulas in torch ops, so the op is correct for every float32 CPU input (under
+normlab.fast.fits, from the backend of the tensor's device), else the same formulas in torch ops, so the op is correct for every float32 CPU input (under
 torch.compile the layout is not known when the graph is built). The autograd formula is registered by normlab.core,
 which owns the math (the double backward takes its differentiable eager path).
 """
@@ -26,9 +26,7 @@ def _stat_shape(x: torch.Tensor, dims: list[int]) -> list[int]:
 
 
 def _plan(x, dims, weight, bias, wshape):
-    if not _pkg._on:
-        return None
-    return _pkg.plan(x, dims, 2.0, weight, bias, wshape)
+    return _pkg.fits(x, dims, weight, bias, wshape)
 
 
 @torch.library.custom_op("normlab::norm_fwd", mutates_args=(), device_types="cpu")

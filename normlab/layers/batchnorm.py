@@ -69,12 +69,14 @@ class _NormBase(nn.modules.batchnorm._NormBase):
 class _BatchNorm(_NormBase):
     """Statistics per channel over the batch and all spatial positions (m' = N * spatial values).
 
-    Subclasses (the variants) that change the normalization set `plain_bn = False` and override
-    `_normalize(x) -> xhat`; `_plain(x)` says when such a variant reduces to BN on an input, to get its numbers.
+    `fuse_affine` (a class attribute): the forward is exactly BN, normalize and affine in one core call
+    (functional.batch_norm, fused on the fast path). The variants that change the normalization set it False and
+    override the one hook `_normalize(x) -> xhat`; `_plain(x)` says when such a variant reduces to BN on an input,
+    to get its numbers.
     """
 
     _ranks: tuple[int, ...] | None = ()
-    plain_bn = True   # this class's forward is exactly BN (functional.batch_norm): FX traces through it
+    fuse_affine = True   # this class's forward is exactly BN (functional.batch_norm): FX traces through it
 
     def _check_input(self, x: torch.Tensor) -> None:
         core.check_float(x)
@@ -96,14 +98,14 @@ class _BatchNorm(_NormBase):
         return self._bn(x, None, None)
 
     def _plain(self, x: torch.Tensor) -> bool:
-        return self.plain_bn
+        return self.fuse_affine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():   # TorchScript takes torch.nn's op (layers/scripted.py, docs/dropin.md)
             self._check_input_dim(x)   # torch.nn's rank check (the twin's method)
             return scripted.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                        self.num_batches_tracked, self.training, self.momentum, self.eps)
-        if self.plain_bn:
+        if self.fuse_affine:
             return self._bn(x, self.weight, self.bias)
         leaf = F.fx_leaf(self, x)
         if leaf is not None:
@@ -116,7 +118,7 @@ class _BatchNorm(_NormBase):
     def __prepare_scriptable__(self) -> _BatchNorm:
         """torch.jit.script calls this on every module before compiling: refuse, by name, the BN layers whose forward
         is not plain BN (the variants, SyncBatchNorm), where torch's op would silently give other numbers."""
-        if not self.plain_bn or type(self).forward is not _BatchNorm.forward:
+        if not self.fuse_affine or type(self).forward is not _BatchNorm.forward:
             raise RuntimeError(f"torch.jit.script: normlab.{type(self).__name__} cannot be scripted: under "
                                "TorchScript normlab's layers take torch.nn's op, and torch.nn has no scriptable op "
                                "for this layer (torch.nn.SyncBatchNorm does not script either); see docs/dropin.md")

@@ -14,6 +14,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..registry import Registry
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .groupnorm import GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm2d
 from .renorm import BatchRenorm1d, BatchRenorm2d
@@ -21,6 +22,10 @@ from .variants import GhostBatchNorm1d, GhostBatchNorm2d, LpBatchNorm1d, LpBatch
     NoisyBatchNorm2d
 
 Builder = Callable[..., nn.Module]   # (num_channels, ndim, arg, **kwargs) -> module
+
+# spec name -> builder(num_channels, ndim, arg_after_colon_or_None, **kwargs); ndim is 1 for (N, C[, L]) inputs and 2
+# for (N, C, H, W) images. A builder's `form` attribute (e.g. "gn[:G]") is how error messages write the spec.
+NORMS = Registry("norm")
 
 # the keyword arguments a model constructor may pass to norm_layer(num_features, **kwargs)
 KWARGS = ("eps", "momentum", "affine", "track_running_stats", "bias", "device", "dtype")
@@ -108,31 +113,44 @@ def _none(c: int, nd: int, arg: str | None, **extra) -> nn.Module:
     return nn.Identity()
 
 
-# spec name -> builder(num_channels, ndim, arg) ; ndim is 1 for (N, C[, L]) inputs and 2 for (N, C, H, W) images
-_BUILDERS: dict[str, Builder] = {
-    "none": _none,
-    "bn": _plain("bn", BatchNorm1d, BatchNorm2d),
-    "gn": _gn,
-    "ln": _ln,
-    "ln2d": _ln2d,
-    "in": _plain("in", InstanceNorm1d, InstanceNorm2d, affine=True),
-    "noisy-bn": _plain("noisy-bn", NoisyBatchNorm1d, NoisyBatchNorm2d),
-    "l1-bn": _lp("l1-bn", 1),
-    "l2-bn": _lp("l2-bn", 2),
-    "linf-bn": _lp("linf-bn", math.inf),
-    "brn": _brn,
-    "ghost-bn": _ghost,
-    "frozen-bn": _frozen,
-}
-# how each spec is written, for error messages; register() adds bare names
+NORMS.register("none", _none)
+NORMS.register("bn", _plain("bn", BatchNorm1d, BatchNorm2d))
+NORMS.register("gn", _gn)
+NORMS.register("ln", _ln)
+NORMS.register("ln2d", _ln2d)
+NORMS.register("in", _plain("in", InstanceNorm1d, InstanceNorm2d, affine=True))
+NORMS.register("noisy-bn", _plain("noisy-bn", NoisyBatchNorm1d, NoisyBatchNorm2d))
+NORMS.register("l1-bn", _lp("l1-bn", 1))
+NORMS.register("l2-bn", _lp("l2-bn", 2))
+NORMS.register("linf-bn", _lp("linf-bn", math.inf))
+NORMS.register("brn", _brn)
+NORMS.register("ghost-bn", _ghost)
+NORMS.register("frozen-bn", _frozen)
+# the factory reads NORMS through this name (a test swaps in a copy to register a throwaway spec); forms: how each
+# spec is written in error messages, with its ':' arguments
+_BUILDERS = NORMS
 _FORMS: dict[str, str] = {"gn": "gn[:G]", "brn": "brn[:R:D]", "ghost-bn": "ghost-bn[:V]"}
 
 
-def register(name: str, builder: Builder, form: str | None = None) -> None:
-    """Add a spec name; builder(num_channels, ndim, arg_after_colon_or_None) -> module. form: e.g. 'foo[:N]'."""
-    _BUILDERS[name] = builder
-    if form is not None:
-        _FORMS[name] = form
+def register(name: str, builder: Builder | None = None, form: str | None = None):
+    """Add a spec name: builder(num_channels, ndim, arg_after_colon_or_None, **kwargs) -> module. form: how the spec
+    is written in error messages, e.g. 'foo[:N]'. Without `builder`, a decorator for the builder, written next to the
+    layer it builds:
+
+        @register("rms", form="rms")
+        def _rms(c, nd, arg, **kw): ...
+    """
+    def add(b: Builder) -> Builder:
+        _BUILDERS[name] = b
+        if form is not None:
+            _FORMS[name] = form
+        return b
+    return add if builder is None else add(builder)
+
+
+def forms() -> str:
+    """Every spec as it is written, with its ':' arguments: 'bn, brn[:R:D], ..., gn[:G], ...'."""
+    return ", ".join(_FORMS.get(n, n) for n in valid_specs())
 
 
 def valid_specs() -> list[str]:
@@ -152,8 +170,7 @@ def norm_layer(spec: str, num_channels: int | None = None, ndim: int = 2, **kwar
         raise TypeError(f"spec: expected a string such as 'bn' or 'gn:32', got {type(spec).__name__}")
     name, sep, arg = spec.strip().lower().partition(":")
     if name not in _BUILDERS:
-        forms = ", ".join(_FORMS.get(n, n) for n in valid_specs())
-        raise ValueError(f"spec: unknown norm {spec!r}; valid: {forms}")
+        raise ValueError(f"spec: unknown norm {spec!r}; valid: {forms()}")
     if ndim not in (1, 2):
         raise ValueError(f"ndim: expected 1 (dense) or 2 (images), got {ndim!r}")
     if num_channels is None:

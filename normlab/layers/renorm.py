@@ -34,7 +34,7 @@ class _BatchRenorm(_BatchNorm):
     Needs running statistics (track_running_stats=True); eval normalizes with them, exactly as BN.
     """
 
-    plain_bn = False
+    fuse_affine = False
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, r_max: float = 3.0, d_max: float = 5.0,

@@ -154,7 +154,7 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
         self.process_group = process_group
 
     _ranks = None   # any rank >= 2
-    plain_bn = False
+    fuse_affine = False
 
     def _plain(self, x: torch.Tensor) -> bool:
         return not self._synchronized()

@@ -103,7 +103,7 @@ class _LpBatchNorm(_BatchNorm):
     p = inf; no Bessel factor for p != 2), so eval computes (x - running_mean) / scale_from(running_var, eps, p).
     """
 
-    plain_bn = False
+    fuse_affine = False
 
     def __init__(self, num_features: int, p: float, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
@@ -150,7 +150,7 @@ class _GhostBatchNorm(_BatchNorm):
     averages all virtual batches equally). v >= N is exactly BatchNorm. Eval uses the running statistics.
     """
 
-    plain_bn = False
+    fuse_affine = False
 
     def __init__(self, num_features: int, virtual_batch_size: int, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True, device=None,
