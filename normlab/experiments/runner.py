@@ -32,6 +32,7 @@ from ..report import write_report
 from .base import Experiment, Outcome, Result, Run, Verdict
 from .facts import finish
 from .registry import ids
+from .training import train_run
 
 Echo = Callable[[str], None]
 
@@ -90,7 +91,7 @@ def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
     _write_json(d / "run.json", run.to_json())
     t0 = time.perf_counter()
     with open(d / "log.txt", "a") as log, contextlib.redirect_stderr(log):
-        summary = dict(exp.execute(run, d) or {})
+        summary = dict((exp.execute(run, d) if exp.execute is not None else train_run(run, d)) or {})
     summary["wall_s"] = time.perf_counter() - t0
     summary["run"] = run.to_json()
     _write_json(d / DONE, summary)
