@@ -16,7 +16,7 @@ MODULES = (
     "normlab.layers.frozen", "normlab.layers.sync", "normlab.layers.ws",
     "normlab.tools",
     "normlab.diagnostics.distributions", "normlab.diagnostics.ics", "normlab.diagnostics.landscape",
-    "normlab.diagnostics.hessian", "normlab.diagnostics.bound", "normlab.diagnostics.summary",
+    "normlab.diagnostics.hessian", "normlab.diagnostics.bound",
     "normlab.experiments.base", "normlab.experiments.variants", "normlab.experiments.rows",
 )
 

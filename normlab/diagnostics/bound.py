@@ -51,6 +51,18 @@ def theorem41(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Ten
 
     layers: None (every plain BN layer) or module names. per_unit: add the per-unit lists lhs_units,
     rhs_identity_units, rhs_theorem_units, shrink_units.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> from normlab import diagnostics
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), normlab.BatchNorm1d(8), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(8, 3))
+        >>> x, y, loss_fn = torch.randn(16, 4), torch.randint(0, 3, (16,)), torch.nn.functional.cross_entropy
+        >>> rows = diagnostics.theorem41(model, loss_fn, x, y)
+        >>> [r["layer"] for r in rows], rows[0]["identity_holds"], rows[0]["bound_holds"]
+        (['1'], True, True)
     """
     if layers is None:
         chosen = bn_layers(model)

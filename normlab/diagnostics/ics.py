@@ -86,6 +86,21 @@ def ics(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, o
     Row: layer, index, l2 = ||G - G'||, cos, rel_l2 = l2 / ||G||, g_norm, g_prime_norm, n_earlier (parameter
     tensors updated before W_i), recomputed (G recomputed rather than read from .grad), finite (False when any of
     these is inf/NaN; values are kept as computed).
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> from normlab import diagnostics
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), normlab.BatchNorm1d(8), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(8, 3))
+        >>> x, y, loss_fn = torch.randn(16, 4), torch.randint(0, 3, (16,)), torch.nn.functional.cross_entropy
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> rows = diagnostics.ics(model, loss_fn, x, y, opt, layers=[1])   # the second weight layer
+        >>> rows[0]["layer"], -1 <= rows[0]["cos"] <= 1, rows[0]["l2"] >= 0
+        ('3', True, True)
+        >>> [p.grad is None for p in model.parameters()]   # the model is left as it was
+        [True, True, True, True, True, True]
     """
     chosen = resolve_layers(model, layers)
     named = trainable(model)
