@@ -113,6 +113,19 @@ def convert(model: nn.Module, to: str = "normlab", inplace: bool = False) -> nn.
     LayerNorm2d, a user's BN with a custom forward) and normlab's variants, which have no twin, stay as they are,
     with one warning naming their classes. A module used twice stays one module. Weights, buffers, requires_grad and
     train/eval mode are kept; the model is copied first unless inplace=True.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        >>> ours = normlab.convert(model)
+        >>> type(ours[1]).__module__, isinstance(ours[1], torch.nn.BatchNorm2d)
+        ('normlab.layers.batchnorm', True)
+        >>> x = torch.randn(2, 3, 6, 6)
+        >>> torch.allclose(ours(x), model(x), atol=1e-5)
+        True
+        >>> type(normlab.convert(ours, to="torch")[1]) is torch.nn.BatchNorm2d
+        True
     """
     if to not in ("normlab", "torch"):
         raise ValueError(f"to: expected 'normlab' or 'torch', got {to!r}")
@@ -180,6 +193,13 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None, inplace: bool =
 
     Like torch.nn.SyncBatchNorm.convert_sync_batchnorm: weights, buffers, requires_grad and train/eval mode are kept.
     BN variants (renorm, ghost, noisy, Lp) are left alone. The model is copied first unless inplace=True.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+        >>> type(normlab.tools.convert_sync_batchnorm(model)[1]).__name__
+        'SyncBatchNorm'
     """
     def swap(_name: str, m: nn.Module) -> nn.Module | None:
         if type(m) not in _SYNCABLE:
@@ -286,6 +306,20 @@ def precise_bn(model: nn.Module, data, num_samples: int, estimator: str = "poole
     data: an iterable of tensors or of (x, ...) tuples; whole batches are used until num_samples samples (dim 0) are
     seen. Parameters, num_batches_tracked and every module's train/eval mode are unchanged afterwards; on an error the
     running statistics are restored too. Returns the number of samples used. Per process (no all-reduce for SyncBN).
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), normlab.BatchNorm1d(3))
+        >>> data = [torch.randn(16, 4) * 2 + 1 for _ in range(4)]
+        >>> normlab.precise_bn(model, data, num_samples=64)   # samples used
+        64
+        >>> h = model[0](torch.cat(data)).detach()          # the exact statistics of the 64 inputs
+        >>> torch.allclose(model[1].running_mean, h.mean(0), atol=1e-5)
+        True
+        >>> torch.allclose(model[1].running_var, h.var(0), atol=1e-5)
+        True
     """
     bns = _precise_bn_layers(model, num_samples, estimator)
     modes = {m: m.training for m in model.modules()}
@@ -319,6 +353,17 @@ def freeze(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     The frozen layer computes the BN's eval output in train and eval mode alike and has no parameters (gamma, beta
     become buffers), so fine-tuning moves only the other layers. The model is copied first unless inplace=True.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+        >>> frozen = normlab.tools.freeze(model)
+        >>> type(frozen[1]).__name__, sum(p.numel() for p in frozen[1].parameters())
+        ('FrozenBatchNorm2d', 0)
+        >>> x = torch.randn(2, 3, 6, 6)
+        >>> torch.allclose(frozen.train()(x), model(x), atol=1e-6)   # the BN's eval output, in train mode too
+        True
     """
     def swap(name: str, m: nn.Module) -> nn.Module | None:
         if not _is_bn(m):
@@ -386,6 +431,20 @@ def fuse_bn(model: nn.Module, strict: bool = True, pairs: list[tuple[str, str]] 
 
     Raises ValueError for a BN in training mode or without running statistics, and (strict=True, the default) for a
     BN that follows no foldable layer; strict=False leaves such BNs in place.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), normlab.BatchNorm2d(4), torch.nn.ReLU())
+        >>> _ = model(torch.randn(8, 3, 6, 6) * 2)   # some running statistics
+        >>> model = model.eval()
+        >>> fused = normlab.fuse_bn(model)
+        >>> type(fused[1]).__name__
+        'Identity'
+        >>> x = torch.randn(2, 3, 6, 6)
+        >>> torch.allclose(fused(x), model(x), atol=1e-5)
+        True
     """
     model = copy.deepcopy(model)   # deepcopy keeps the sharing: a module used twice is one object in the copy
     is_norm = lambda m: _is_bn(m) or isinstance(m, layers.FrozenBatchNorm)   # noqa: E731

@@ -13,6 +13,7 @@ import pytest
 
 from normlab.experiments import base, registry, runner, verdict
 from normlab.experiments.base import Experiment, Outcome, Run, Scale
+from normlab.experiments.variants import Norm
 from normlab.report import draw, figure, panel, series
 
 
@@ -252,7 +253,7 @@ def _result(tmp: Path, group: str, seed: int, metrics: list[dict], diagnostics: 
     d.mkdir(parents=True)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     (d / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in diagnostics))
-    return base.Result(Run("ioffe-mnist", group, seed, {"procedure": "train"}), d, {"diverged_at": None})
+    return base.Result(Run("ioffe-mnist", Norm(group), seed, {"procedure": "train"}), d, {"diverged_at": None})
 
 
 def _ioffe_records(tmp: Path, acc: dict[str, float], drift: dict[str, float]) -> list[base.Result]:

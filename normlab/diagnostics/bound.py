@@ -18,6 +18,18 @@ removed_frac = (sum_j <1,g_j>^2/m + <g_j,yhat_j>^2/m) / sum_j ||g_j||^2 (split i
 removed_yhat_frac); grad_ratio = ||dL/dy||^2 / ||dL/dz||^2.
 The pass runs the model in training mode (the theorem is about batch statistics), buffers untouched.
 Cost: one forward + one backward.
+
+Example (theorem41, in the module docstring so that the function stays short)::
+
+    >>> import torch, normlab
+    >>> from normlab import diagnostics
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), normlab.BatchNorm1d(8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 3))
+    >>> x, y, loss_fn = torch.randn(16, 4), torch.randint(0, 3, (16,)), torch.nn.functional.cross_entropy
+    >>> rows = diagnostics.theorem41(model, loss_fn, x, y)
+    >>> [r["layer"] for r in rows], rows[0]["identity_holds"], rows[0]["bound_holds"]
+    (['1'], True, True)
 """
 from __future__ import annotations
 

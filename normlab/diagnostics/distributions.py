@@ -160,5 +160,18 @@ class DistributionTracker:
 def distributions(model: nn.Module, x: torch.Tensor, layers: LayerSpec = None, site: str = "output",
                   percentiles: Sequence[float] = DEFAULT_PERCENTILES, bins: int = 50,
                   hist_range: tuple[float, float] | None = None, units: Sequence[int] | None = None) -> list[dict]:
-    """One-off record (no deltas); see DistributionTracker for the arguments and the row keys."""
+    """One-off record (no deltas); see DistributionTracker for the arguments and the row keys.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> from normlab import diagnostics
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), normlab.BatchNorm1d(8), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(8, 3))
+        >>> x, y, loss_fn = torch.randn(16, 4), torch.randint(0, 3, (16,)), torch.nn.functional.cross_entropy
+        >>> rows = diagnostics.distributions(model, x, layers=[0], percentiles=(15, 50, 85), bins=10)
+        >>> len(rows), rows[0]["layer"], sorted(rows[0]["percentiles"]), len(rows[0]["mean"])
+        (1, '0', ['15', '50', '85'], 8)
+    """
     return DistributionTracker(layers, site, percentiles, bins, hist_range, units).record(model, x)

@@ -16,6 +16,21 @@ step of all parameters gives the W_j' for every i at once.
 Cost: one forward + one partial backward (from the loss down to W_i only) per measured layer, plus one full
 forward + backward when G is recomputed instead of read from .grad. Layer 0 has no earlier parameters: G' = G by
 definition and no pass is run.
+
+Example (ics, in the module docstring so that the function stays short)::
+
+    >>> import torch, normlab
+    >>> from normlab import diagnostics
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), normlab.BatchNorm1d(8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 3))
+    >>> x, y, loss_fn = torch.randn(16, 4), torch.randint(0, 3, (16,)), torch.nn.functional.cross_entropy
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> rows = diagnostics.ics(model, loss_fn, x, y, opt, layers=[1])   # the second weight layer
+    >>> rows[0]["layer"], -1 <= rows[0]["cos"] <= 1, rows[0]["l2"] >= 0
+    ('3', True, True)
+    >>> [p.grad is None for p in model.parameters()]   # the model is left as it was
+    [True, True, True, True, True, True]
 """
 from __future__ import annotations
 

@@ -16,6 +16,20 @@ The weights are never written (probes swap w - s g in with functional_call), so 
 Cost: `points` forward+backward passes; in the hook case (grad L(w) read from .grad, L(w) = the step's loss)
 nothing else, else plus one forward (L(w)) or one forward+backward (grad L(w) recomputed: no .grad, use_grad=False,
 or bn_mode other than the model's mode).
+
+Example (landscape, in the module docstring so that the function stays short)::
+
+    >>> import torch, normlab
+    >>> from normlab import diagnostics
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), normlab.BatchNorm1d(8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 3))
+    >>> x, y, loss_fn = torch.randn(16, 4), torch.randint(0, 3, (16,)), torch.nn.functional.cross_entropy
+    >>> out = diagnostics.landscape(model, loss_fn, x, y, lr=0.1, points=4)
+    >>> len(out["losses"]), out["loss_range"][0] <= out["loss0"] + 1e-6 or out["loss_range"][0] < out["loss0"]
+    (4, True)
+    >>> out["grad_norm"] > 0, out["beta_max"] >= 0
+    (True, True)
 """
 from __future__ import annotations
 

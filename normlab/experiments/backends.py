@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from .. import records
 from .base import Experiment, Run
+from .training import train_run
 
 Echo = Callable[[str], None]
 OnDone = Callable[[str, "dict | None", "str | None"], None]
@@ -56,7 +57,7 @@ def execute(exp: Experiment, run: Run, out: Path, threads: int = 0) -> dict:
     records.atomic_write_json(d / "run.json", run.to_json(), default=str, indent=1)
     t0 = time.perf_counter()
     with open(d / "log.txt", "a") as log, contextlib.redirect_stderr(log):
-        summary = dict(exp.execute(run, d) or {})
+        summary = dict((exp.execute(run, d) if exp.execute is not None else train_run(run, d)) or {})
     summary["wall_s"] = time.perf_counter() - t0
     summary["run"] = run.to_json()
     records.atomic_write_json(d / DONE, summary, default=str, indent=1)

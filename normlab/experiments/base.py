@@ -2,8 +2,10 @@
 
 An experiment (one module per SPEC §2 id) declares
   * its scales: the paper's configuration and a quick one derived from it by stated reductions (`Scale.reduce`),
-  * its runs: one `Run` per (variant x seed); a run's identity is the hash of its full configuration,
-  * how a run executes (default: `normlab.train.train` with the experiment's instruments as hooks),
+  * its runs: one `Run` per (variant x seed); the variant is a small NamedTuple (variants.py), so a group key is a
+    tuple whose fields analyze() reads by name, and its display string is derived (`name`); a run's identity is the
+    hash of its full configuration (the variant is not part of it),
+  * how a run executes, only when it is not training: `execute` (None: runner.py trains it with its instruments),
   * `analyze(results, scale) -> Outcome`: our numbers, figure specs and verdicts, computed from the records only.
 Nothing here knows an expected answer: the verdict rules (verdict.py) read the data.
 """
@@ -14,7 +16,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .datasets import offline
 
@@ -95,14 +97,24 @@ def run_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def variant_name(variant: Any) -> str:
+    """The display name of a variant: its `name` (variants.py), or the variant itself when it is a plain str."""
+    return variant if isinstance(variant, str) else variant.name
+
+
 @dataclass(frozen=True)
 class Run:
-    """One training/measurement run. `group` names the variant shared by its seeds ("bn lr=0.1")."""
+    """One training/measurement run of one variant (shared by its seeds): a NamedTuple of variants.py such as
+    NormLR(norm="bn", lr=0.1), or a plain str. `group` is the variant's display name ("bn lr=0.1")."""
 
     exp: str
-    group: str
+    variant: Any
     seed: int
     config: dict
+
+    @property
+    def group(self) -> str:
+        return variant_name(self.variant)
 
     @property
     def key(self) -> str:
@@ -226,16 +238,10 @@ class Experiment:
     def runs(self, scale: Scale, seeds: list[int], device: str = "cpu") -> list[Run]:
         raise NotImplementedError
 
-    def execute(self, run: Run, out_dir: Path) -> dict:
-        """Run one configuration, writing records under out_dir; returns the summary (JSON-serializable)."""
-        from .training import train_run
-        return train_run(self, run, out_dir)
-
-    def hooks(self, run: Run) -> list:
-        """Instruments (train hooks) for this run, built from the specs in run.config["instruments"] only (a run may
-        be shared by several experiments, so its spec alone must say what is measured)."""
-        from .instruments import build
-        return [build(spec) for spec in run.config.get("instruments", [])]
+    # How a run that is not a training run executes: a method execute(run, out_dir) -> summary (JSON-serializable)
+    # writing records under out_dir, with config["procedure"] naming it. None: runner.py trains run.config["train"]
+    # with its instruments (training.train_run).
+    execute: Callable[[Run, Path], dict] | None = None
 
     def analyze(self, results: list[Result], scale: Scale) -> Outcome:
         raise NotImplementedError

@@ -3,7 +3,7 @@ back as per-seed numbers and seed-aggregated curves."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..report import series
 from .base import Result, Run, finite
@@ -11,9 +11,9 @@ from .datasets import available, offline, pick_dataset  # noqa: F401  (re-export
 from .training import train_config
 
 
-def train_run(exp: str, group: str, seed: int, instruments: list | None = None, extra: dict | None = None,
+def train_run(exp: str, variant: Any, seed: int, instruments: list | None = None, extra: dict | None = None,
               **train_kw) -> Run:
-    """A Run whose config is the full TrainConfig (defaults included) + the instrument specs (+ extra settings) +
+    """A Run of `variant` (a NamedTuple of variants.py) whose config is the full TrainConfig (defaults included) + the instrument specs (+ extra settings) +
     the identity of the data it reads (file names, sizes, sha256: data.identity), so a changed dataset is a new run."""
     from .. import data
     train = train_config(seed=seed, **train_kw)
@@ -21,14 +21,14 @@ def train_run(exp: str, group: str, seed: int, instruments: list | None = None, 
            "data": data.identity(train["dataset"], train.get("data_root"))}
     if extra:
         cfg["extra"] = dict(extra)
-    return Run(exp, group, seed, cfg)
+    return Run(exp, variant, seed, cfg)
 
 
-def groups(results: Iterable[Result]) -> dict[str, list[Result]]:
-    """Results by run group, in first-seen order, each sorted by seed."""
-    out: dict[str, list[Result]] = {}
+def groups(results: Iterable[Result]) -> dict[Any, list[Result]]:
+    """Results by variant (the group key: a NamedTuple, or a str), in first-seen order, each sorted by seed."""
+    out: dict[Any, list[Result]] = {}
     for r in results:
-        out.setdefault(r.run.group, []).append(r)
+        out.setdefault(r.run.variant, []).append(r)
     return {g: sorted(rs, key=lambda r: r.run.seed) for g, rs in out.items()}
 
 

@@ -22,9 +22,10 @@ Seeds: 3 — a VGG run with the Hessian instrument costs over a minute.
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, rows_of, stat_text, time_mean, train_run
-from .instruments import spec
+from .common import band, curve, stat_text, time_mean, train_run
 from .judge import Judge
+from .rows import SPECTRUM
+from .variants import Norm
 from .verdict import Rule
 from ..report import figure, panel
 
@@ -64,9 +65,9 @@ class Hessian(Experiment):
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}
-        inst = [spec("spectrum", k=3, which="top", tol=1e-3, max_iter=s.max_iter, trace=True, trace_tol=0.05,
+        inst = [SPECTRUM.spec(k=3, which="top", tol=1e-3, max_iter=s.max_iter, trace=True, trace_tol=0.05,
                      every=s.every)]
-        return [train_run(self.id, norm, seed, inst, model="vgg",
+        return [train_run(self.id, Norm(norm), seed, inst, model="vgg",
                           norm=norm, dataset=self.dataset_of(s), init="glorot", model_kw=kw, lr=s.lr,
                           batch_size=s.batch, steps=s.steps, eval_every=max(1, s.steps // 5),
                           eval_samples=s.eval_samples, device=device)
@@ -75,7 +76,7 @@ class Hessian(Experiment):
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
         g = {k: j.runs(k) for k in j.all}
-        rows = lambda r: [row for row in rows_of(r, "spectrum") if row.get("finite", True)]  # noqa: E731
+        rows = lambda r: SPECTRUM.of(r, finite=True)  # noqa: E731
         conv = [sum(bool(row.get("converged")) for row in rows(r)) / max(1, len(rows(r)))
                 for rs in g.values() for r in rs]
         j.require("Lanczos converged", bool(conv) and min(conv) >= 0.9,
@@ -84,10 +85,11 @@ class Hessian(Experiment):
         ratio = {k: j.per_seed(k, lambda r: time_mean([_outlier(row) for row in rows(r)
                                                        if _outlier(row) is not None])) for k in g}
         lam = {k: j.per_seed(k, lambda r: time_mean([abs(row["top"][0]) for row in rows(r)])) for k in g}
-        j.decide(OUTLIER, "BN", ratio["bn"], "no BN", ratio["none"])
-        j.decide(RAW, "BN", lam["bn"], "no BN", lam["none"])
-        label = {"bn": "BN", "none": "no BN"}
-        sel = lambda row: row.get("hook") == "spectrum" and row.get("finite", True)  # noqa: E731
+        bn, none = Norm("bn"), Norm("none")
+        j.decide(OUTLIER, "BN", ratio[bn], "no BN", ratio[none])
+        j.decide(RAW, "BN", lam[bn], "no BN", lam[none])
+        label = {bn: "BN", none: "no BN"}
+        sel = SPECTRUM.where(finite=True)
         ser = [band(label[k], *curve(v, lambda row: abs(row["top"][0]), "diagnostics", sel)) for k, v in g.items()]
         ser_ratio = [band(label[k], *curve(v, _outlier, "diagnostics", sel)) for k, v in g.items()]
         figs = [figure("eigenvalue", "Top Hessian eigenvalue of the batch loss over training (Lanczos), and how far "
@@ -96,7 +98,7 @@ class Hessian(Experiment):
                        [panel("top Hessian eigenvalue", "training step", "|λ_max|", ser, ylog=True),
                         panel("top eigenvalue / mean eigenvalue", "training step", "|λ_max| / (tr H / P)", ser_ratio,
                               ylog=True)])]
-        table = [{"net": {"bn": "BN", "none": "no BN"}[k], "|λ| (mean over records)": stat_text(list(v.values())),
+        table = [{"net": label[k], "|λ| (mean over records)": stat_text(list(v.values())),
                   "|λ| / (tr H / P)": stat_text(list(ratio[k].values()))} for k, v in lam.items()]
         return j.outcome(self.claim, figs, table)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from .base import Experiment, Outcome, Scale
 from .common import final, stat_text, train_run
 from .judge import Judge
+from .variants import NormMult
 from .verdict import Rule
 from ..report import figure, panel, series
 
@@ -49,7 +50,7 @@ class IoffeLR(Experiment):
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
-        return [train_run(self.id, f"{norm} x{m}", seed, model="mlp", norm=norm, dataset=self.dataset_of(s),
+        return [train_run(self.id, NormMult(norm, m), seed, model="mlp", norm=norm, dataset=self.dataset_of(s),
                           init="ioffe", lr=s.lr * m, batch_size=s.batch, steps=s.steps,
                           eval_every=max(1, s.steps // 10), eval_samples=s.eval_samples, device=device)
                 for norm in ("none", "bn") for m in s.mults for seed in seeds]
@@ -61,17 +62,17 @@ class IoffeLR(Experiment):
         diverged = {k: sum(r.summary.get("diverged_at") is not None for r in v) for k, v in g.items()}
         top = max(s.mults)
         for m in sorted(s.mults, reverse=True):
-            j.decide(rule(m, top), "BN", acc[f"bn x{m}"], "no BN", acc[f"none x{m}"])
+            j.decide(rule(m, top), "BN", acc[NormMult("bn", m)], "no BN", acc[NormMult("none", m)])
         ser = []
         for norm, lab in (("none", "no BN"), ("bn", "BN")):
-            ys = [[100 * v for v in acc[f"{norm} x{m}"].values()] for m in s.mults]
+            ys = [[100 * v for v in acc[NormMult(norm, m)].values()] for m in s.mults]
             ser.append(series(lab, [s.lr * m for m in s.mults], [sum(y) / len(y) for y in ys], [min(y) for y in ys],
                               [max(y) for y in ys], marker="o"))
         figs = [figure("sweep", "Final test accuracy vs learning rate with and without BN (diverged runs count as "
                                 "chance, 10%); mean and [min, max] over seeds.",
                        [panel("final test accuracy vs learning rate", "learning rate", "test accuracy (%)", ser,
                               xlog=True, xticks=[s.lr * m for m in s.mults])])]
-        table = [{"run": k, "lr": f"{s.lr * int(k.split('x')[1]):g}",
+        table = [{"run": k.name, "lr": f"{s.lr * k.mult:g}",
                   "final test acc (%)": stat_text(list(v.values()), ".2f", 100),
                   "diverged": f"{diverged[k]}/{len(v)}"} for k, v in acc.items()]
         notes = ["Diverged runs are counted at chance accuracy (10%)."] if any(diverged.values()) else []

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
 from .common import at_step, band, curve, final, stat_text, train_run
-from .instruments import spec
 from .judge import Judge
+from .rows import DISTRIBUTIONS, percentile
+from .variants import Norm
 from .verdict import Rule
 from ..report import figure, panel, series
 
 SIGMOID = "9"   # module name of the last hidden layer's sigmoid in models.MLP (Flatten, 3 x [Linear, norm, Sigmoid])
 QS = ("15", "50", "85")
+BN, NONE = Norm("bn"), Norm("none")
 
 PAPER = Scale("paper", dataset="mnist", steps=50_000, batch=60, lr=0.1, eval_every=1000, eval_samples=0,
               dist_every=500, early=5000, seeds=3)
@@ -52,11 +54,11 @@ def drift(results, frac: float = 0.1) -> list[float]:
     """Per seed: mean over q of |late mean - early mean| of the unit's q-th percentile (first/last 10% of records)."""
     out = []
     for r in results:
-        rows = [row for row in r.diagnostics if row.get("hook") == "distributions"]
+        rows = DISTRIBUTIONS.of(r)
         k = max(1, int(len(rows) * frac))
         d = 0.0
         for q in QS:
-            v = [row["percentiles"][q][0] for row in rows]
+            v = [percentile(row, q) for row in rows]
             d += abs(sum(v[-k:]) / k - sum(v[:k]) / k)
         out.append(d / len(QS))
     return out
@@ -78,41 +80,41 @@ class IoffeMnist(Experiment):
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
-        inst = [spec("distributions", layers=[SIGMOID], site="input", units=[0], bins=10, every=s.dist_every)]
-        return [train_run(self.id, norm, seed, inst, model="mlp", norm=norm, dataset=self.dataset_of(s),
+        inst = [DISTRIBUTIONS.spec(layers=[SIGMOID], site="input", units=[0], bins=10, every=s.dist_every)]
+        return [train_run(self.id, v, seed, inst, model="mlp", norm=v.norm, dataset=self.dataset_of(s),
                           init="ioffe", optimizer="sgd", lr=s.lr, batch_size=s.batch, steps=s.steps,
                           eval_every=s.eval_every, eval_samples=s.eval_samples, device=device)
-                for norm in ("none", "bn") for seed in seeds]
+                for v in (NONE, BN) for seed in seeds]
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
         early = s.early
-        acc_early = {k: j.per_seed(k, lambda r: at_step(r, "test_acc", early)) for k in ("bn", "none")}
-        acc_final = {k: j.per_seed(k, lambda r: final([r], "test_acc")[0]) for k in ("bn", "none")}
-        drifts = {k: dict(zip([r.run.seed for r in j.runs(k)], drift(j.runs(k)))) for k in ("bn", "none")}
-        j.decide(SOONER, "BN", acc_early["bn"], "no BN", acc_early["none"])
-        j.decide(DRIFT, "no BN", drifts["none"], "BN", drifts["bn"])
-        j.decide(END, "BN", acc_final["bn"], "no BN", acc_final["none"])
+        acc_early = {k: j.per_seed(k, lambda r: at_step(r, "test_acc", early)) for k in (BN, NONE)}
+        acc_final = {k: j.per_seed(k, lambda r: final([r], "test_acc")[0]) for k in (BN, NONE)}
+        drifts = {k: dict(zip([r.run.seed for r in j.runs(k)], drift(j.runs(k)))) for k in (BN, NONE)}
+        j.decide(SOONER, "BN", acc_early[BN], "no BN", acc_early[NONE])
+        j.decide(DRIFT, "no BN", drifts[NONE], "BN", drifts[BN])
+        j.decide(END, "BN", acc_final[BN], "no BN", acc_final[NONE])
         g = j.all
         acc_panel = panel("(a) test accuracy", "training step", "test accuracy",
-                          [band(k, *curve(v, "test_acc")) for k, v in g.items()])
+                          [band(k.name, *curve(v, "test_acc")) for k, v in g.items()])
         pct_panels = []
-        for k, letter in (("none", "b"), ("bn", "c")):
+        for k, letter in ((NONE, "b"), (BN, "c")):
             r = g[k][0]   # one typical unit of one net, as in the paper (each seed's unit 0 is a different unit)
-            rows = [row for row in r.diagnostics if row.get("hook") == "distributions"]
+            rows = DISTRIBUTIONS.of(r)
             ser = [series(f"{q}th percentile", [row["step"] for row in rows],
-                          [row["percentiles"][q][0] for row in rows], key=q) for q in QS]
-            pct_panels.append(panel(f"({letter}) {'without' if k == 'none' else 'with'} BN: sigmoid input "
+                          [percentile(row, q) for row in rows], key=q) for q in QS]
+            pct_panels.append(panel(f"({letter}) {'without' if k == NONE else 'with'} BN: sigmoid input "
                                     f"(unit 0, seed {r.run.seed})", "training step", "pre-sigmoid value", ser))
         figs = [figure("fig1", "Ioffe Fig. 1 (ours): (a) test accuracy, mean and [min, max] over seeds; (b, c) "
                                "15/50/85th percentiles of one last-hidden-layer sigmoid's input over training, "
                                "measured on each step's batch of 60 (one unit of one seed; the drift numbers "
                                "use every seed).", [acc_panel] + pct_panels)]
-        first = {k: [at_step(r, "test_acc", s.eval_every) for r in j.runs(k)] for k in ("bn", "none")}
-        table = [{"net": k, f"test acc @ {s.eval_every:,} (no rule)": stat_text(first[k], ".2f", 100),
+        first = {k: [at_step(r, "test_acc", s.eval_every) for r in j.runs(k)] for k in (BN, NONE)}
+        table = [{"net": k.name, f"test acc @ {s.eval_every:,} (no rule)": stat_text(first[k], ".2f", 100),
                   f"test acc @ {early:,}": stat_text(list(acc_early[k].values()), ".2f", 100),
                   "final test acc": stat_text(list(acc_final[k].values()), ".2f", 100),
-                  "percentile drift": stat_text(list(drifts[k].values()))} for k in ("none", "bn")]
+                  "percentile drift": stat_text(list(drifts[k].values()))} for k in (NONE, BN)]
         return j.outcome(self.claim, figs, table)
 
 

@@ -2,8 +2,8 @@
 rule, check the preconditions, and hand the report one Outcome.
 
     j = Judge(results)                                # collapsed / diverged runs are left out and recorded
-    bn = j.per_seed("bn", lambda r: at_step(r, "test_acc", 5000))
-    j.decide(SOONER, "BN", bn, "no BN", j.per_seed("none", ...))
+    bn = j.per_seed(Norm("bn"), lambda r: at_step(r, "test_acc", 5000))   # groups: the runs' variants
+    j.decide(SOONER, "BN", bn, "no BN", j.per_seed(Norm("none"), ...))
     j.require("converged", ok, "train loss fell 12% over the last 10% of steps", decide_at="50k steps")
     return j.outcome(claim, figures, table, notes)
 
@@ -16,9 +16,9 @@ part's numbers do not say where they came from) are undecidable at this scale.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .base import Outcome, Result, Verdict
+from .base import Outcome, Result, Verdict, variant_name
 from .common import groups
 from .verdict import Precondition, Rule, combine, decide, guard, holds, similar_all
 
@@ -59,23 +59,23 @@ class Judge:
             for r in rs:
                 why = degenerate(r) if screen else ""
                 if why:
-                    self.left_out.append({"group": g, "seed": r.run.seed, "why": why})
+                    self.left_out.append({"group": variant_name(g), "seed": r.run.seed, "why": why})
                 else:
                     keep.append(r)
             self.kept[g] = keep
         self.parts: list[Verdict] = []
-        self.sources: list[set[str] | None] = []   # per part: the groups its numbers came from (None: unknown)
+        self.sources: list[set | None] = []   # per part: the groups (variants) its numbers came from (None: unknown)
         self.pre: list[Precondition] = []
         self.bad = {g: len(rs) - len(self.kept[g]) for g, rs in self.all.items()
                     if len(rs) - len(self.kept[g]) > max_left_out * len(rs)}
 
-    def runs(self, group: str) -> list[Result]:
-        """The kept (non-degenerate) runs of `group`, by seed."""
+    def runs(self, group: Any) -> list[Result]:
+        """The kept (non-degenerate) runs of variant `group`, by seed."""
         if group not in self.all:
-            raise KeyError(f"group: no runs named {group!r}; have {sorted(self.all)}")
+            raise KeyError(f"group: no runs of variant {group!r}; have {[variant_name(g) for g in self.all]}")
         return self.kept[group]
 
-    def per_seed(self, group: str, fn: Callable[[Result], float]) -> "SeedValues":
+    def per_seed(self, group: Any, fn: Callable[[Result], float]) -> "SeedValues":
         """{seed: fn(run)} over the kept runs of `group`; it remembers the group, so that a part decided on it is
         made undecidable when too many of that group's seeds were left out."""
         return SeedValues({r.run.seed: fn(r) for r in self.runs(group)}, {group})
@@ -108,7 +108,7 @@ class Judge:
         pre = list(self.pre)
         for g, k in self.bad.items():   # guards the parts whose numbers came from g (or whose source is unknown)
             keys = tuple(p.key for p, src in zip(self.parts, self.sources) if src is None or g in src)
-            pre.append(Precondition(f"few degenerate seeds in {g}", False, f"{k} of {len(self.all[g])} seeds "
+            pre.append(Precondition(f"few degenerate seeds in {variant_name(g)}", False, f"{k} of {len(self.all[g])} seeds "
                                     f"collapsed or diverged (at most a third may)", "a setup where these runs train "
                                     "(more steps, or another learning rate)", keys or ("-",)))
         self.pre = pre
@@ -125,7 +125,7 @@ class Judge:
 class SeedValues(dict):
     """{seed: value} that remembers which run groups it was computed from (Judge.per_seed)."""
 
-    def __init__(self, values: Mapping[int, float], groups: set[str]) -> None:
+    def __init__(self, values: Mapping[int, float], groups: set) -> None:
         super().__init__(values)
         self.groups = set(groups)
 

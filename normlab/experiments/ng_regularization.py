@@ -21,6 +21,7 @@ from __future__ import annotations
 from .base import Experiment, Outcome, Scale
 from .common import band, curve, final, stat_text, train_run
 from .judge import Judge, converged
+from .variants import NormBatch
 from .verdict import Rule
 from ..report import figure, panel, series
 
@@ -48,11 +49,13 @@ class NgRegularization(Experiment):
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         big, small = max(s.batches), min(s.batches)
-        plan = [("bn", b) for b in s.batches] + [(f"ghost-bn:{s.ghost}", big), ("none", small), ("none", big)]
+        plan = [NormBatch("bn", b) for b in s.batches]
+        plan += [NormBatch(f"ghost-bn:{s.ghost}", big), NormBatch("none", small), NormBatch("none", big)]
         out = []
-        for norm, b in plan:
+        for v in plan:
+            norm, b = v
             steps = max(1, s.epochs * s.train_size // b)
-            out += [train_run(self.id, f"{norm} b={b}", seed, model="mlp", norm=norm, dataset=self.dataset_of(s),
+            out += [train_run(self.id, v, seed, model="mlp", norm=norm, dataset=self.dataset_of(s),
                               train_samples=s.train_size, init="ioffe", lr=s.lr32 * b / 32, batch_size=b, steps=steps,
                               eval_every=max(1, steps // 10), eval_samples=s.eval_samples, device=device)
                     for seed in seeds]
@@ -66,31 +69,31 @@ class NgRegularization(Experiment):
                   f"(needs <= 10%)", "more epochs")
         gap = {k: j.per_seed(k, lambda r: final([r], "train_acc")[0] - final([r], "test_acc")[0]) for k in j.all}
         big, small = max(s.batches), min(s.batches)
-        ghost = f"ghost-bn:{s.ghost} b={big}"
+        ghost, bn_big, bn_small = NormBatch(f"ghost-bn:{s.ghost}", big), NormBatch("bn", big), NormBatch("bn", small)
         pts = dict(scale=100, unit=" pts", fmt=".2f")
         j.decide(Rule("batch", f"BN's generalization gap is larger at batch {big} than at {small}",
                       "train - test accuracy (points)", "greater", 0.005, "0.5 points", **pts),
-                 f"b={big}", gap[f"bn b={big}"], f"b={small}", gap[f"bn b={small}"])
+                 f"b={big}", gap[bn_big], f"b={small}", gap[bn_small])
         j.decide(Rule("ghost", f"at batch {big}, Ghost BN (V={s.ghost}) has a smaller gap than BN",
                       "train - test accuracy (points)", "less", 0.005, "0.5 points", **pts),
-                 "Ghost BN", gap[ghost], "BN", gap[f"bn b={big}"])
+                 "Ghost BN", gap[ghost], "BN", gap[bn_big])
         g = {k: j.runs(k) for k in j.all}
         gap = {k: list(v.values()) or [float("nan")] for k, v in gap.items()}
         bs = sorted(s.batches)
-        ys = [[100 * v for v in gap[f"bn b={b}"]] for b in bs]
+        ys = [[100 * v for v in gap[NormBatch("bn", b)]] for b in bs]
         ser = [series("BN", bs, [sum(y) / len(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys],
                       marker="o")]
-        for k, lab in ((ghost, f"Ghost BN V={s.ghost}"), (f"none b={small}", "no BN"), (f"none b={big}", "no BN")):
-            b = int(k.split("=")[-1])
+        for k, lab in ((ghost, f"Ghost BN V={s.ghost}"), (NormBatch("none", small), "no BN"),
+                       (NormBatch("none", big), "no BN")):
             v = [100 * x for x in gap[k]]
-            ser.append(series(lab, [b], [sum(v) / len(v)], [min(v)], [max(v)], marker="s", ls="none"))
+            ser.append(series(lab, [k.batch], [sum(v) / len(v)], [min(v)], [max(v)], marker="s", ls="none"))
         figs = [figure("gap", "Generalization gap (train - test accuracy, eval mode) vs batch size at equal "
                               "epochs; mean and [min, max] over seeds.",
                        [panel("generalization gap vs batch size", "batch size", "train - test accuracy (points)",
                               ser, xlog=True, xticks=bs),
                         panel("test accuracy", "training step", "test accuracy",
-                              [band(k, *curve(v, "test_acc")) for k, v in g.items() if k.startswith("bn")])])]
-        table = [{"run": k, "gap (pts)": stat_text(v, ".2f", 100),
+                              [band(k.name, *curve(v, "test_acc")) for k, v in g.items() if k.norm == "bn"])])]
+        table = [{"run": k.name, "gap (pts)": stat_text(v, ".2f", 100),
                   "train acc (%)": stat_text(final(g[k], "train_acc"), ".2f", 100),
                   "test acc (%)": stat_text(final(g[k], "test_acc"), ".2f", 100)} for k, v in gap.items()]
         return j.outcome(self.claim, figs, table)

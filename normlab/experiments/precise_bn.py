@@ -17,6 +17,7 @@ from . import smallbatch
 from .base import Experiment, Outcome, Scale
 from .common import stat_text
 from .judge import Judge
+from .variants import NormBatch
 from .verdict import Rule
 from ..report import figure, panel, series
 
@@ -36,12 +37,12 @@ class PreciseBN(Experiment):
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
-        return [smallbatch.run(self.id, s, "bn", b, seed, device) for b in s.batches for seed in seeds]
+        return [smallbatch.run(self.id, s, NormBatch("bn", b), seed, device) for b in s.batches for seed in seeds]
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
         smallbatch.require_converged(j, list(j.all))
-        per = {b: {k: j.per_seed(f"bn b={b}", lambda r, k=k: smallbatch.eval_modes(r).get(f"{k}_acc", float("nan")))
+        per = {b: {k: j.per_seed(NormBatch("bn", b), lambda r, k=k: smallbatch.eval_modes(r).get(f"{k}_acc", float("nan")))
                    for k in ("ema", "precise")} for b in s.batches}
         small = min(s.batches)
         for b in sorted(s.batches):

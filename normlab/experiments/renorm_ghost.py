@@ -20,6 +20,7 @@ from . import smallbatch
 from .base import Experiment, Outcome, Scale
 from .common import final, stat_text
 from .judge import Judge
+from .variants import NormBatch
 from .verdict import Rule, decide
 from .wuhe_batch import BN_DEGRADES
 from ..report import figure, panel, series
@@ -52,24 +53,29 @@ class RenormGhost(Experiment):
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
+        return [smallbatch.run(self.id, s, v, seed, device) for v in self.variants(s) for seed in seeds]
+
+    def variants(self, s: Scale) -> dict[NormBatch, str]:
+        """The variants, in run order, with the names the verdicts and the table give them."""
         big, small = max(s.batches), min(s.batches)
-        plan = [("bn", big), ("bn", small), (s.gn, small), (BRN, small), (f"ghost-bn:{small}", big)]
-        return [smallbatch.run(self.id, s, norm, b, seed, device) for norm, b in plan for seed in seeds]
+        return {NormBatch("bn", big): f"BN b={big}", NormBatch("bn", small): f"BN b={small}",
+                NormBatch(s.gn, small): f"GN b={small}", NormBatch(BRN, small): f"BRN b={small}",
+                NormBatch(f"ghost-bn:{small}", big): f"Ghost BN V={small} b={big}"}
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
         big, small = max(s.batches), min(s.batches)
-        name = {f"bn b={big}": f"BN b={big}", f"bn b={small}": f"BN b={small}", f"{s.gn} b={small}": f"GN b={small}",
-                f"{BRN} b={small}": f"BRN b={small}", f"ghost-bn:{small} b={big}": f"Ghost BN V={small} b={big}"}
-        per = {name[k]: j.per_seed(k, lambda r: 1 - final([r], "test_acc")[0]) for k in j.all}
+        name = self.variants(s)
+        per = {k: j.per_seed(k, lambda r: 1 - final([r], "test_acc")[0]) for k in j.all}
+        bn_small, bn_big = NormBatch("bn", small), NormBatch("bn", big)
         smallbatch.require_converged(j, list(j.all))
-        penalty = decide(BN_DEGRADES, f"BN b={small}", per[f"BN b={small}"], f"BN b={big}", per[f"BN b={big}"])
+        penalty = decide(BN_DEGRADES, name[bn_small], per[bn_small], name[bn_big], per[bn_big])
         j.require("BN's small-batch penalty present", penalty.outcome == "supported",
                   f"BN at batch {small} vs {big}: {penalty.shown} ({penalty.outcome})",
                   "harder data or a deeper net (medium or paper scale)")
-        j.decide(lower_than_bn("brn", "BRN"), "BRN", per[f"BRN b={small}"], "BN", per[f"BN b={small}"])
-        j.decide(lower_than_bn("gn", "GN"), "GN", per[f"GN b={small}"], "BN", per[f"BN b={small}"])
-        err = {k: list(v.values()) or [float("nan")] for k, v in per.items()}
+        j.decide(lower_than_bn("brn", "BRN"), "BRN", per[NormBatch(BRN, small)], "BN", per[bn_small])
+        j.decide(lower_than_bn("gn", "GN"), "GN", per[NormBatch(s.gn, small)], "BN", per[bn_small])
+        err = {name[k]: list(v.values()) or [float("nan")] for k, v in per.items()}
         ser = [series(k, [i], [100 * sum(v) / len(v)], [100 * min(v)], [100 * max(v)], marker="o", ls="none")
                for i, (k, v) in enumerate(err.items())]
         figs = [figure("errors", "Test error per normalization and batch size: mean over seeds, bars = [min, max].",

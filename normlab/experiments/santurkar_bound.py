@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, rows_of, stat_text, time_mean, train_run
-from .instruments import spec
+from .common import band, curve, stat_text, time_mean, train_run
 from .judge import Judge
+from .rows import BOUND, LANDSCAPE
+from .variants import Norm
 from ..report import figure, panel
 
 PAPER = Scale("paper", dataset="cifar10", in_shape=(3, 32, 32), vgg="vgg11", width=1.0, steps=15_000, batch=128,
@@ -57,10 +58,10 @@ class SanturkarBound(Experiment):
         kw = {"cfg": s.vgg, "width": s.width}
         out = []
         for norm in ("bn", "none"):
-            inst = [spec("landscape", span=[0.5, 0.5], points=1, every=s.every)]
+            inst = [LANDSCAPE.spec(span=[0.5, 0.5], points=1, every=s.every)]
             if norm == "bn":
-                inst.insert(0, spec("bound", every=s.every))
-            out += [train_run(self.id, norm, seed, inst, model="vgg", norm=norm, dataset=self.dataset_of(s),
+                inst.insert(0, BOUND.spec(every=s.every))
+            out += [train_run(self.id, Norm(norm), seed, inst, model="vgg", norm=norm, dataset=self.dataset_of(s),
                               init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch, steps=s.steps,
                               eval_every=max(1, s.steps // 5), eval_samples=s.eval_samples, device=device)
                     for seed in seeds]
@@ -69,8 +70,9 @@ class SanturkarBound(Experiment):
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
         g = {k: j.runs(k) for k in j.all}
-        rows = [row for r in g["bn"] for row in rows_of(r, "bound") if row.get("finite", True)]
-        ratio = [time_mean([row["grad_ratio"] for row in rows_of(r, "bound")]) for r in g["bn"]]
+        bn = g[Norm("bn")]
+        rows = [row for r in bn for row in BOUND.of(r, finite=True)]
+        ratio = [time_mean([row["grad_ratio"] for row in BOUND.of(r)]) for r in bn]
         worst_err = max((r["identity_err"] for r in rows), default=0.0)
         worst_ratio = max((_bound_ratio(r) for r in rows), default=0.0)
         j.holds("identity", "the closed-form right side matches autograd (identity_err <= 1e-4)",
@@ -85,12 +87,11 @@ class SanturkarBound(Experiment):
                                ("removed_frac", "fraction of ||g||² removed", False),
                                ("grad_ratio", "||dL/dy||² / ||dL/dz||²", True)):
             panels.append(panel(lab, "training step", lab,
-                                [band(f"layer {n}", *curve(g["bn"], key, "diagnostics",
-                                                            lambda row, n=n: row.get("hook") == "bound"
-                                                            and row["layer"] == n)) for n in pick], ylog=ylog))
+                                [band(f"layer {n}", *curve(bn, key, "diagnostics", BOUND.where(n))) for n in pick],
+                                ylog=ylog))
         panels.append(panel("whole-network gradient norm", "training step", "||∇L||",
-                            [band({"bn": "BN", "none": "no BN"}[k], *curve(v, "grad_norm", "diagnostics",
-                                                                           lambda row: row.get("hook") == "landscape"))
+                            [band({"bn": "BN", "none": "no BN"}[k.norm], *curve(v, "grad_norm", "diagnostics",
+                                                                                LANDSCAPE.where()))
                              for k, v in g.items()], ylog=True))
         figs = [figure("bound", "Theorem 4.1 on real batches (ours): shrink factor γ²/σ², the part of ||dL/dz||² "
                                 "removed by the two projections, and the resulting gradient ratio for the first and "
@@ -99,14 +100,13 @@ class SanturkarBound(Experiment):
         table = [{"quantity": "max identity_err", "value": f"{max((r['identity_err'] for r in rows), default=0):.3g}"},
                  {"quantity": "records (layer x step x seed)", "value": str(len(rows))},
                  {"quantity": "γ²/σ² (mean)", "value": stat_text([time_mean([row["shrink_mean"] for row in
-                                                                             rows_of(r, "bound")]) for r in g["bn"]])},
+                                                                             BOUND.of(r)]) for r in bn])},
                  {"quantity": "fraction removed", "value": stat_text([time_mean([row["removed_frac"] for row in
-                                                                                 rows_of(r, "bound")])
-                                                                      for r in g["bn"]])},
+                                                                                 BOUND.of(r)]) for r in bn])},
                  {"quantity": "||dL/dy||²/||dL/dz||²", "value": stat_text(ratio)}]
         for k, v in g.items():
-            table.append({"quantity": f"||∇L|| ({'BN' if k == 'bn' else 'no BN'})",
-                          "value": stat_text([time_mean([row["grad_norm"] for row in rows_of(r, "landscape")])
+            table.append({"quantity": f"||∇L|| ({'BN' if k.norm == 'bn' else 'no BN'})",
+                          "value": stat_text([time_mean([row["grad_norm"] for row in LANDSCAPE.of(r)])
                                               for r in v])})
         return j.outcome(self.claim, figs, table, [f"Measured, not judged: ||dL/dy||² / ||dL/dz||² = "
                                                    f"{stat_text(ratio)} over seeds (below 1 means BN shrank the "

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
 from .common import band, curve, n_weight_layers, offline, quarter_layers, stat_text, time_mean, train_run
-from .instruments import spec
 from .judge import Judge
+from .rows import ICS
+from .variants import Net
 from .verdict import Rule
 from ..report import figure, panel
 
@@ -67,16 +68,16 @@ class SanturkarICS(Experiment):
         out = []
         for lr in s.lrs:
             for norm in ("none", "bn"):
-                inst = [spec("ics", layers=vgg_layers, every=s.ics_every)]
-                out += [train_run(self.id, f"vgg {norm} lr={lr:g}", seed, inst, model="vgg", norm=norm, dataset=ds,
+                inst = [ICS.spec(layers=vgg_layers, every=s.ics_every)]
+                out += [train_run(self.id, Net("vgg", norm, lr), seed, inst, model="vgg", norm=norm, dataset=ds,
                                   init="glorot", model_kw=kw, lr=lr, batch_size=s.batch,
                                   steps=s.steps, eval_every=max(1, s.steps // 10), eval_samples=s.eval_samples,
                                   device=device)
                         for seed in seeds]
         for lr in s.lin_lrs:
             for norm in ("none", "bn"):
-                inst = [spec("ics", layers=lin_layers, every=s.lin_every)]
-                out += [train_run(self.id, f"linear {norm} lr={lr:g}", seed, inst, model="linear", norm=norm,
+                inst = [ICS.spec(layers=lin_layers, every=s.lin_every)]
+                out += [train_run(self.id, Net("linear", norm, lr), seed, inst, model="linear", norm=norm,
                                   dataset="synthetic-linear", init="glorot", loss="mse", lr=lr, batch_size=1000,
                                   steps=s.lin_steps, eval_every=max(1, s.lin_steps // 10), eval_samples=0,
                                   device=device)
@@ -85,15 +86,14 @@ class SanturkarICS(Experiment):
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
-        ics_rows = lambda row: row.get("hook") == "ics" and row.get("finite", True)  # noqa: E731
 
-        def avg(group: str, key: str) -> dict[int, float]:
-            return j.per_seed(group, lambda r: time_mean([row[key] for row in r.diagnostics if ics_rows(row)]))
+        def avg(group: Net, key: str) -> dict[int, float]:
+            return j.per_seed(group, lambda r: time_mean([row[key] for row in ICS.of(r, finite=True)]))
 
         table, panels = [], []
         for net, lrs in (("vgg", s.lrs), ("linear", s.lin_lrs)):
             for lr in lrs:
-                bn, none = f"{net} bn lr={lr:g}", f"{net} none lr={lr:g}"
+                bn, none = Net(net, "bn", lr), Net(net, "none", lr)
                 cos = {"BN": avg(bn, "cos"), "no BN": avg(none, "cos")}
                 rel = {"BN": avg(bn, "rel_l2"), "no BN": avg(none, "rel_l2")}
                 key = f"{net}-{lr:g}"
@@ -119,11 +119,10 @@ class SanturkarICS(Experiment):
                                   "cos(G,G')": stat_text(list(cos[name].values())),
                                   "||G-G'||": stat_text(list(avg(g, "l2").values())),
                                   "||G-G'||/||G||": stat_text(list(rel[name].values()))})
-                layers = sorted({row["layer"] for row in j.all[bn][0].diagnostics if ics_rows(row)})
+                layers = sorted({row["layer"] for row in ICS.of(j.all[bn][0], finite=True)})
                 for layer in layers:
                     for k, ylabel, ylog in (("l2", "||G - G'||", True), ("cos", "cos(G, G')", False)):
-                        ser = [band(name, *curve(j.runs(g), k, "diagnostics",
-                                                 lambda row, layer=layer: ics_rows(row) and row["layer"] == layer))
+                        ser = [band(name, *curve(j.runs(g), k, "diagnostics", ICS.where(layer, finite=True)))
                                for name, g in (("no BN", none), ("BN", bn))]
                         panels.append(panel(f"{net} lr {lr:g}, layer {layer}: {ylabel}", "training step", ylabel,
                                             ser, ylog=ylog))

@@ -21,9 +21,10 @@ Seeds: 3 — a VGG run with the landscape instrument costs over a minute (the li
 from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
-from .common import band, curve, offline, rows_of, stat_text, time_mean, train_run
-from .instruments import spec
+from .common import band, curve, offline, stat_text, time_mean, train_run
 from .judge import Judge
+from .rows import LANDSCAPE
+from .variants import Net
 from .verdict import Rule
 from ..report import figure, panel
 
@@ -74,15 +75,15 @@ class SanturkarLandscape(Experiment):
         kw = {"cfg": s.vgg, "width": s.width}
         out = []
         for norm in ("none", "bn"):
-            inst = [spec("landscape", span=[0.5, 4.0], points=s.points, spacing="linear", every=s.every)]
-            out += [train_run(self.id, f"vgg {norm}", seed, inst, model="vgg", norm=norm,
+            inst = [LANDSCAPE.spec(span=[0.5, 4.0], points=s.points, spacing="linear", every=s.every)]
+            out += [train_run(self.id, Net("vgg", norm), seed, inst, model="vgg", norm=norm,
                               dataset=offline(s.dataset), init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch,
                               steps=s.steps, eval_every=max(1, s.steps // 10), eval_samples=s.eval_samples,
                               device=device)
                     for seed in seeds]
         for norm in ("none", "bn"):
-            inst = [spec("landscape", span=[0.01, 30.0], points=s.points, spacing="log", every=s.lin_every)]
-            out += [train_run(self.id, f"linear {norm}", seed, inst, model="linear", norm=norm,
+            inst = [LANDSCAPE.spec(span=[0.01, 30.0], points=s.points, spacing="log", every=s.lin_every)]
+            out += [train_run(self.id, Net("linear", norm), seed, inst, model="linear", norm=norm,
                               dataset="synthetic-linear", init="glorot", loss="mse", lr=s.lin_lr, batch_size=1000,
                               steps=s.lin_steps, eval_every=max(1, s.lin_steps // 10), eval_samples=0, device=device)
                     for seed in seeds]
@@ -92,23 +93,23 @@ class SanturkarLandscape(Experiment):
         j = Judge(results)
         table, panels = [], []
         for net in ("vgg", "linear"):
-            bn, none = f"{net} bn", f"{net} none"
+            bn, none = Net(net, "bn"), Net(net, "none")
             per = {}
             for key, name in MEASURES:
                 def avg(r, key=key, k=None):
-                    rows = rows_of(r, "landscape")
+                    rows = LANDSCAPE.of(r)
                     rows = rows[:max(1, len(rows) // 10)] if k == "early" else rows
                     return time_mean([v for v in (_values(row, key) for row in rows) if v is not None])
                 per[key] = {lab: j.per_seed(g, avg) for lab, g in (("BN", bn), ("no BN", none))}
                 j.decide(Rule(f"{net}-{key}", f"{net}: {name} is smaller with BN", name, "less", 2.0,
                               "a factor 2: 'markedly'", log=True), "BN", per[key]["BN"], "no BN", per[key]["no BN"])
                 ser = [band(lab, *curve(j.runs(g), lambda row, key=key: _values(row, key), "diagnostics",
-                                        lambda row: row.get("hook") == "landscape"))
+                                        LANDSCAPE.where()))
                        for lab, g in (("no BN", none), ("BN", bn))]
                 panels.append(panel(f"{net}: {name}", "training step", name, ser, ylog=True))
             early = {lab: j.per_seed(g, lambda r: time_mean([
-                v for v in (_values(row, "pred_max") for row in rows_of(r, "landscape")[:max(
-                    1, len(rows_of(r, "landscape")) // 10)]) if v is not None])) for lab, g in (("BN", bn), ("no BN", none))}
+                v for v in (_values(row, "pred_max") for row in LANDSCAPE.of(r)[:max(
+                    1, len(LANDSCAPE.of(r)) // 10)]) if v is not None])) for lab, g in (("BN", bn), ("no BN", none))}
             j.decide(Rule(f"{net}-early", f"{net}: early in training (first 10% of records) the gradient "
                           f"predictiveness is far smaller with BN", "||Δ grad|| / ||g||, first 10% of records", "less",
                           10.0, "one order of magnitude: the least we would call the paper's 'about two'", log=True,

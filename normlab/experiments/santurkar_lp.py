@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from .base import Experiment, Outcome, Scale
 from .common import band, curve, final, offline, stat_text, tail_mean, train_run
-from .instruments import spec
 from .judge import Judge
+from .rows import BATCH_ACC
+from .variants import Net
 from .verdict import Rule
 from ..report import figure, panel
 
@@ -56,12 +57,12 @@ class SanturkarLp(Experiment):
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
         kw = {"cfg": s.vgg, "width": s.width}
-        out = [train_run(self.id, f"vgg {norm}", seed, [spec("batch-acc", every=10)], model="vgg", norm=norm,
+        out = [train_run(self.id, Net("vgg", norm), seed, [BATCH_ACC.spec(every=10)], model="vgg", norm=norm,
                          dataset=offline(s.dataset),
                          init="glorot", model_kw=kw, lr=s.lr, batch_size=s.batch, steps=s.steps,
                          eval_every=s.eval_every, eval_samples=s.eval_samples, device=device)
                for norm in NORMS for seed in seeds]
-        out += [train_run(self.id, f"linear {norm} lr={lr:g}", seed, model="linear", norm=norm,
+        out += [train_run(self.id, Net("linear", norm, lr), seed, model="linear", norm=norm,
                           dataset="synthetic-linear", init="glorot", loss="mse", lr=lr, batch_size=1000,
                           steps=s.lin_steps, eval_every=max(1, s.lin_steps // 20), eval_samples=0, device=device)
                 for lr in s.lin_lrs for norm in ("bn", "l1-bn") for seed in seeds]
@@ -69,24 +70,24 @@ class SanturkarLp(Experiment):
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
-        acc = {n: j.per_seed(f"vgg {n}", lambda r: tail_mean([r], "batch-acc", "acc")[0]) for n in NORMS}
+        acc = {n: j.per_seed(Net("vgg", n), lambda r: tail_mean([r], BATCH_ACC.hook, "acc")[0]) for n in NORMS}
         j.similar(Rule("vgg", f"VGG: L1 and L∞ train as well as L2 (BN): training accuracy over the last 10% of "
                               f"steps", "training accuracy (%)", "similar", s.tol, "2 points: 'comparably'",
                        scale=100, unit=" pts", fmt=".2f"), {NORMS[n]: acc[n] for n in ("bn", "l1-bn", "linf-bn")},
                   NORMS["bn"])
         loss = {}
         for lr in s.lin_lrs:
-            loss[lr] = {n: j.per_seed(f"linear {n} lr={lr:g}", lambda r: final([r], "train_loss")[0])
+            loss[lr] = {n: j.per_seed(Net("linear", n, lr), lambda r: final([r], "train_loss")[0])
                         for n in ("bn", "l1-bn")}
             j.decide(Rule(f"linear-{lr:g}", f"linear net (lr {lr:g}): L1 reaches a lower final training loss than BN",
                           "final training loss (MSE)", "less", 1.1, "a factor 1.1: 'even better'", log=True),
                      "L1", loss[lr]["l1-bn"], "BN", loss[lr]["bn"])
         g = {k: j.runs(k) for k in j.all}
         panels = [panel("VGG training accuracy", "training step", "training accuracy",
-                        [band(NORMS[n], *curve(g[f"vgg {n}"], "acc", "diagnostics",
-                                               lambda row: row.get("hook") == "batch-acc")) for n in NORMS]),
+                        [band(NORMS[n], *curve(g[Net("vgg", n)], "acc", "diagnostics", BATCH_ACC.where()))
+                         for n in NORMS]),
                   *[panel(f"deep linear net training loss, lr {lr:g}", "training step", "training loss (MSE)",
-                          [band(NORMS[n], *curve(g[f"linear {n} lr={lr:g}"], "train_loss")) for n in ("bn", "l1-bn")],
+                          [band(NORMS[n], *curve(g[Net("linear", n, lr)], "train_loss")) for n in ("bn", "l1-bn")],
                           ylog=True) for lr in s.lin_lrs]]
         figs = [figure("fig5", "Santurkar Fig. 5/6 (ours): training curves with lp normalization; mean and [min, max] "
                                "over seeds.", panels, ncols=2)]

@@ -24,13 +24,16 @@ from __future__ import annotations
 from .base import Experiment, Outcome, Scale
 from .common import band, curve, n_weight_layers, quarter_layers, relus_after, stat_text, tail_mean, train_run, \
     weight_names
-from .instruments import movement, spec
+from .instruments import movement
 from .judge import Judge
+from .rows import BATCH_ACC, PROBE
+from .variants import Norm
 from .verdict import Rule
 from ..report import figure, panel
 
-NETS = ("none", "bn", "noisy-bn")
-LABEL = {"none": "standard", "bn": "BN", "noisy-bn": "noisy BN"}
+NONE, BN, NOISY = Norm("none"), Norm("bn"), Norm("noisy-bn")
+NETS = (NONE, BN, NOISY)
+LABEL = {NONE: "standard", BN: "BN", NOISY: "noisy BN"}
 SITES = (("late", -1), ("early", 0))
 
 ACC = Rule("acc", "noisy BN trains about as well as BN (training accuracy over the last 10% of steps)",
@@ -75,11 +78,12 @@ class SanturkarNoisy(Experiment):
         layers = quarter_layers(n_weight_layers("vgg", s.in_shape, 10, kw))
         out = []
         for net in NETS:
-            post = relus_after("vgg", net, s.in_shape, 10, kw, layers)
-            pre = weight_names("vgg", net, s.in_shape, 10, kw, layers)
-            inst = [spec("probe", layers=post + pre, dataset=self.dataset_of(s), every=s.dist_every),
-                    spec("batch-acc", every=s.dist_every)]
-            out += [train_run(self.id, net, seed, inst, extra={"layers": post, "pre": pre}, model="vgg", norm=net,
+            post = relus_after("vgg", net.norm, s.in_shape, 10, kw, layers)
+            pre = weight_names("vgg", net.norm, s.in_shape, 10, kw, layers)
+            inst = [PROBE.spec(layers=post + pre, dataset=self.dataset_of(s), every=s.dist_every),
+                    BATCH_ACC.spec(every=s.dist_every)]
+            out += [train_run(self.id, net, seed, inst, extra={"layers": post, "pre": pre}, model="vgg",
+                              norm=net.norm,
                               dataset=self.dataset_of(s), init="glorot", model_kw=kw, optimizer="sgd", lr=s.lr,
                               batch_size=s.batch, steps=s.steps, eval_every=s.eval_every,
                               eval_samples=s.eval_samples, device=device)
@@ -88,27 +92,25 @@ class SanturkarNoisy(Experiment):
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
-        acc = {k: j.per_seed(k, lambda r: tail_mean([r], "batch-acc", "acc")[0]) for k in NETS}
-        j.similar(ACC, {"noisy BN": acc["noisy-bn"], "BN": acc["bn"]}, "BN")
+        acc = {k: j.per_seed(k, lambda r: tail_mean([r], BATCH_ACC.hook, "acc")[0]) for k in NETS}
+        j.similar(ACC, {"noisy BN": acc[NOISY], "BN": acc[BN]}, "BN")
 
-        def move(net: str, which: int, pre: bool, k: int) -> dict[int, float]:
+        def move(net: Norm, which: int, pre: bool, k: int) -> dict[int, float]:
             def one(r) -> float:
                 name = r.run.config["extra"]["pre" if pre else "layers"][which]
-                rows = [row for row in r.diagnostics if row.get("hook") == "probe" and row["layer"] == name]
-                return movement(rows, s.steps // 2, s.steps + 1)[k]
+                return movement(PROBE.of(r, name), s.steps // 2, s.steps + 1)[k]
             return j.per_seed(net, one)
 
         table_moves = {}
         for site, which in SITES:
             for k, what in enumerate(("mean", "variance")):
                 for pre in (False, True):
-                    a, b = move("noisy-bn", which, pre, k), move("none", which, pre, k)
-                    table_moves[(site, what, pre)] = {"noisy BN": a, "standard": b, "BN": move("bn", which, pre, k)}
+                    a, b = move(NOISY, which, pre, k), move(NONE, which, pre, k)
+                    table_moves[(site, what, pre)] = {"noisy BN": a, "standard": b, "BN": move(BN, which, pre, k)}
                     j.decide(_move_rule(site, what, core=(k == 0 and not pre), pre=pre), "noisy BN", a,
                              "standard", b)
         panels = [panel("training accuracy (train mode, step's batch)", "training step", "training accuracy",
-                        [band(LABEL[k], *curve(j.runs(k), "acc", "diagnostics",
-                                               lambda row: row.get("hook") == "batch-acc")) for k in NETS])]
+                        [band(LABEL[k], *curve(j.runs(k), "acc", "diagnostics", BATCH_ACC.where())) for k in NETS])]
         figs = [figure("fig2", "Santurkar Fig. 2 (ours): training accuracy (mean and [min, max] over seeds); the "
                                "movement of the layer inputs is in the table (probe batch, second half of training).",
                        panels)]

@@ -26,8 +26,10 @@ import math
 from .base import Experiment, Outcome, Scale
 from .common import (band, curve, n_weight_layers, quarter_layers, relus_after, stat_text, train_run,
                      weight_names, window_mean)
-from .instruments import movement, spec
+from .instruments import movement
 from .judge import Judge
+from .rows import BATCH_ACC, DISTRIBUTIONS, PROBE
+from .variants import NormLR
 from .verdict import Rule
 from ..report import figure, panel, series
 
@@ -80,11 +82,11 @@ class SanturkarVGG(Experiment):
             for norm in ("none", "bn"):
                 relus = relus_after("vgg", norm, s.in_shape, 10, kw, layers)
                 pre = weight_names("vgg", norm, s.in_shape, 10, kw, layers)
-                inst = [spec("probe", layers=relus + pre, dataset=self.dataset_of(s), every=s.dist_every),
-                        spec("distributions", layers=relus, site="output", bins=40, units=[0],
-                             every=max(1, s.steps // 2)),
-                        spec("batch-acc", every=s.dist_every)]
-                out += [train_run(self.id, f"{norm} lr={lr:g}", seed, inst, extra={"layers": relus, "pre": pre}, model="vgg",
+                inst = [PROBE.spec(layers=relus + pre, dataset=self.dataset_of(s), every=s.dist_every),
+                        DISTRIBUTIONS.spec(layers=relus, site="output", bins=40, units=[0],
+                                           every=max(1, s.steps // 2)),
+                        BATCH_ACC.spec(every=s.dist_every)]
+                out += [train_run(self.id, NormLR(norm, lr), seed, inst, extra={"layers": relus, "pre": pre}, model="vgg",
                                   norm=norm, dataset=self.dataset_of(s), init="glorot", model_kw=kw, lr=lr,
                                   batch_size=s.batch, steps=s.steps, eval_every=s.eval_every,
                                   eval_samples=s.eval_samples, device=device)
@@ -99,9 +101,9 @@ class SanturkarVGG(Experiment):
         for lr in s.lrs:
             acc = {}
             for n in ("bn", "none"):
-                rs = j.runs(f"{n} lr={lr:g}")
+                rs = j.runs(NormLR(n, lr))
                 acc[n] = {r.run.seed: (0.1 if math.isnan(a) else a)
-                          for r, a in zip(rs, window_mean(rs, "batch-acc", "acc", 0, quarter))}
+                          for r, a in zip(rs, window_mean(rs, BATCH_ACC.hook, "acc", 0, quarter))}
             early[lr] = acc
             j.decide(fast_rule(lr), "BN", acc["bn"], "no BN", acc["none"])
         moves = {}
@@ -112,23 +114,20 @@ class SanturkarVGG(Experiment):
                     for n in ("bn", "none"):
                         def one(r, which=which, k=k, pre=pre) -> float:
                             name = r.run.config["extra"]["pre" if pre else "layers"][which]
-                            rows = [row for row in r.diagnostics
-                                    if row.get("hook") == "probe" and row["layer"] == name]
-                            return movement(rows, s.steps // 2, s.steps + 1)[k]
-                        per[n] = j.per_seed(f"{n} lr={lr0:g}", one)
+                            return movement(PROBE.of(r, name), s.steps // 2, s.steps + 1)[k]
+                        per[n] = j.per_seed(NormLR(n, lr0), one)
                     moves[(site, what + (" (pre-norm)" if pre else ""))] = per
                     j.decide(stable_rule(site, what, core=(k == 0 and not pre), pre=pre), "BN", per["bn"], "no BN",
                              per["none"])
         panels = [panel("training accuracy (train mode, step's batch)", "training step", "training accuracy",
-                        [band(k, *curve(j.runs(k), "acc", "diagnostics", lambda row: row.get("hook") == "batch-acc"))
-                         for k in j.all]),
+                        [band(k.name, *curve(j.runs(k), "acc", "diagnostics", BATCH_ACC.where())) for k in j.all]),
                   panel("test accuracy", "training step", "test accuracy",
-                        [band(k, *curve(j.runs(k), "test_acc")) for k in j.all])]
+                        [band(k.name, *curve(j.runs(k), "test_acc")) for k in j.all])]
         for n, lab in (("none", "no BN"), ("bn", "BN")):
-            r = j.all[f"{n} lr={lr0:g}"][0]
+            r = j.all[NormLR(n, lr0)][0]
             for which, name in ((0, "early"), (-1, "late")):
                 layer = r.run.config["extra"]["layers"][which]
-                rows = [row for row in r.diagnostics if row.get("layer") == layer and row.get("hist")]
+                rows = [row for row in DISTRIBUTIONS.of(r, layer) if row.get("hist")]
                 ser = []
                 for i, row in enumerate(rows):
                     e, c = row["hist"]["edges"], row["hist"]["counts"]
@@ -141,10 +140,10 @@ class SanturkarVGG(Experiment):
                                "seeds), and histograms of the activations (after the ReLU) that an early and a late "
                                "layer pass on, at the start, middle and end of training, with and without BN.",
                        panels, ncols=3)]
-        table = [{"run": f"{n} lr={lr:g}", "train acc, first 1/4 (%)": stat_text(list(early[lr][n].values()),
+        table = [{"run": NormLR(n, lr).name, "train acc, first 1/4 (%)": stat_text(list(early[lr][n].values()),
                                                                                 ".2f", 100)}
                  for lr in s.lrs for n in ("none", "bn")]
-        table += [{"run": f"{n} lr={lr0:g}", **{f"{site} |Δ {what}| (rel.)": stat_text(list(v[n].values()))
+        table += [{"run": NormLR(n, lr0).name, **{f"{site} |Δ {what}| (rel.)": stat_text(list(v[n].values()))
                                                 for (site, what), v in moves.items()}} for n in ("none", "bn")]
         return j.outcome(self.claim, figs, table)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from .base import Run, Scale
 from .common import offline, train_run
-from .instruments import spec
+from .rows import EVAL_MODES
+from .variants import NormBatch
 
 # normlab.data has no ImageNet: the paper scale runs CIFAR-10 with a CIFAR ResNet-20 at 4x width (64-256 channels,
 # so GN's G = 32 leaves 2-8 channels per group as in ResNet-50), 30 epochs.
@@ -54,14 +55,15 @@ def require_converged(j, results_of, decide_at: str = "more epochs (a medium or 
               f"{CONVERGED:.0%} over the last tenth of training (worst {100 * worst:.0f}%)", decide_at)
 
 
-def run(exp: str, s: Scale, norm: str, b: int, seed: int, device: str = "cpu", train_batch: int | None = None) -> Run:
-    """One run: `norm` at batch b (lr and steps from b); group "<norm> b=<b>". ghost-bn:V runs at its own batch b."""
+def run(exp: str, s: Scale, v: NormBatch, seed: int, device: str = "cpu") -> Run:
+    """One run of variant v: v.norm at batch v.batch (lr and steps from the batch). ghost-bn:V runs at its own batch."""
+    norm, b = v
     inst = []
     if norm == "bn":
-        inst = [spec("eval-modes", dataset=dataset(s), steps=[steps(s, b) - 1], batch=b,
-                     eval_samples=s.probe_samples, precise_samples=s.probe_samples)]
+        inst = [EVAL_MODES.spec(dataset=dataset(s), steps=[steps(s, b) - 1], batch=b,
+                                eval_samples=s.probe_samples, precise_samples=s.probe_samples)]
     n = steps(s, b)
-    return train_run(exp, f"{norm} b={b}", seed, inst, model=s.model, norm=norm, dataset=dataset(s),
+    return train_run(exp, v, seed, inst, model=s.model, norm=norm, dataset=dataset(s),
                      model_kw=s.model_kw, optimizer="sgd", lr=s.lr32 * b / 32, momentum=0.9, weight_decay=1e-4,
                      schedule="step", lr_milestones=(max(1, 3 * n // 4),), lr_gamma=0.1, batch_size=b, steps=n,
                      eval_every=max(1, n // 10), eval_samples=s.eval_samples, device=device)
@@ -69,7 +71,7 @@ def run(exp: str, s: Scale, norm: str, b: int, seed: int, device: str = "cpu", t
 
 def eval_modes(result) -> dict:
     """The eval-modes row of a BN run (its last step), or {} when absent."""
-    rows = [r for r in result.diagnostics if r.get("hook") == "eval-modes"]
+    rows = EVAL_MODES.of(result)
     return rows[-1] if rows else {}
 
 # MNIST shows no small-batch penalty for BN at CPU scale (issue 14 measured batch 2 at 1.34% error vs 2.58% at 32 after

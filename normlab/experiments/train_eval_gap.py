@@ -16,6 +16,7 @@ from . import smallbatch
 from .base import Experiment, Outcome, Scale
 from .common import stat_text
 from .judge import Judge
+from .variants import NormBatch
 from .verdict import Rule
 from ..report import figure, panel, series
 
@@ -37,13 +38,13 @@ class TrainEvalGap(Experiment):
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
-        return [smallbatch.run(self.id, s, "bn", b, seed, device) for b in s.batches for seed in seeds]
+        return [smallbatch.run(self.id, s, NormBatch("bn", b), seed, device) for b in s.batches for seed in seeds]
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
         smallbatch.require_converged(j, list(j.all))
-        rows = {b: [smallbatch.eval_modes(r) for r in j.runs(f"bn b={b}")] for b in s.batches}
-        per = {b: j.per_seed(f"bn b={b}", lambda r: abs(smallbatch.eval_modes(r)["batch_acc"] -
+        rows = {b: [smallbatch.eval_modes(r) for r in j.runs(NormBatch("bn", b))] for b in s.batches}
+        per = {b: j.per_seed(NormBatch("bn", b), lambda r: abs(smallbatch.eval_modes(r)["batch_acc"] -
                                                           smallbatch.eval_modes(r)["precise_acc"])
                              if smallbatch.eval_modes(r) else float("nan")) for b in s.batches}
         small, big = min(s.batches), max(s.batches)

@@ -1,4 +1,6 @@
-"""The bridge from a Run to normlab.train: the full TrainConfig (hashed) and the call with instruments as hooks."""
+"""The bridge from a Run to normlab.train: the full TrainConfig (hashed) and the call with instruments as hooks.
+
+This is how every run executes unless its experiment has its own procedure (Experiment.execute)."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +11,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..train import train
+from .instruments import build
 
 
 def train_config(**kw: Any) -> dict:
@@ -48,8 +51,12 @@ class Progress:
         return None
 
 
-def train_run(exp: Any, run: Any, out_dir: Path) -> dict:
-    """Train run.config["train"] with exp.hooks(run) attached; returns train's summary."""
+def train_run(run: Any, out_dir: Path) -> dict:
+    """Train run.config["train"] with its instruments attached as hooks; returns train's summary.
+
+    The hooks are built from the specs in run.config["instruments"] only: a run may be shared by several experiments,
+    so its config alone must say what is measured."""
     cfg = TrainConfig.from_dict(run.config["train"])
-    hooks = list(exp.hooks(run)) + [Progress(f"{run.exp} {run.label}", cfg.steps)]
+    hooks = [build(spec) for spec in run.config.get("instruments", [])]
+    hooks.append(Progress(f"{run.exp} {run.label}", cfg.steps))
     return train(cfg, out_dir, hooks=hooks, resume=True)

@@ -27,6 +27,7 @@ from .base import Experiment, Outcome, Scale
 from . import smallbatch
 from .common import band, final, stat_text
 from .judge import Judge
+from .variants import NormBatch
 from .verdict import Rule
 from ..report import figure, panel, series
 
@@ -65,36 +66,39 @@ class WuHeBatch(Experiment):
 
 
     def runs(self, s: Scale, seeds: list[int], device: str = "cpu"):
-        plan = [(n, b) for n in ("bn", s.gn) for b in s.batches] + [(n, max(s.batches)) for n in ("ln", "in")]
-        return [smallbatch.run(self.id, s, norm, b, seed, device) for norm, b in plan for seed in seeds]
+        plan = [NormBatch(n, b) for n in ("bn", s.gn) for b in s.batches]
+        plan += [NormBatch(n, max(s.batches)) for n in ("ln", "in")]
+        return [smallbatch.run(self.id, s, v, seed, device) for v in plan for seed in seeds]
 
     def analyze(self, results, s: Scale) -> Outcome:
         j = Judge(results)
-        err = {k.replace(s.gn, "gn"): j.per_seed(k, lambda r: 1 - final([r], "test_acc")[0]) for k in j.all}
+        # keyed by (norm, batch) with the GN spec ("gn:8") read as "gn"
+        err = {("gn" if k.norm == s.gn else k.norm, k.batch): j.per_seed(k, lambda r: 1 - final([r], "test_acc")[0])
+               for k in j.all}
         big, small = max(s.batches), min(s.batches)
         smallbatch.require_converged(j, list(j.all))
-        j.similar(GN_FLAT, {f"GN b={b}": err[f"gn b={b}"] for b in s.batches}, f"GN b={big}")
-        penalty = j.decide(BN_DEGRADES, f"BN b={small}", err[f"bn b={small}"], f"BN b={big}", err[f"bn b={big}"])
-        delta = {n: {sd: err[f"{n} b={small}"][sd] - err[f"{n} b={big}"][sd]
-                     for sd in set(err[f"{n} b={small}"]) & set(err[f"{n} b={big}"])} for n in ("bn", "gn")}
+        j.similar(GN_FLAT, {f"GN b={b}": err["gn", b] for b in s.batches}, f"GN b={big}")
+        penalty = j.decide(BN_DEGRADES, f"BN b={small}", err["bn", small], f"BN b={big}", err["bn", big])
+        delta = {n: {sd: err[n, small][sd] - err[n, big][sd]
+                     for sd in set(err[n, small]) & set(err[n, big])} for n in ("bn", "gn")}
         j.require("BN's small-batch penalty present", penalty.outcome == "supported",
                   f"BN at batch {small} vs {big}: {penalty.shown} ({penalty.outcome})",
                   "harder data or a deeper net, where BN's statistics at small batch hurt (medium or paper scale)",
                   parts=("bn-vs-gn",))
         j.decide(BN_VS_GN, "BN increase", delta["bn"], "GN increase", delta["gn"])
         for n in ("ln", "in"):
-            j.decide(worse_than_gn(n), n.upper(), err[f"{n} b={big}"], "GN", err[f"gn b={big}"])
+            j.decide(worse_than_gn(n), n.upper(), err[n, big], "GN", err["gn", big])
         by_seed = err
         err = {k: list(v.values()) for k, v in err.items()}
         bs = sorted(s.batches)
         ser = []
         for n in ("bn", "gn"):
-            seeds = sorted(set.intersection(*(set(by_seed[f"{n} b={b}"]) for b in bs)))
+            seeds = sorted(set.intersection(*(set(by_seed[n, b]) for b in bs)))
             if seeds:
-                ser.append(band(n.upper(), bs, [[by_seed[f"{n} b={b}"][sd] * 100 for b in bs] for sd in seeds],
+                ser.append(band(n.upper(), bs, [[by_seed[n, b][sd] * 100 for b in bs] for sd in seeds],
                                 marker="o"))
         for n in ("ln", "in"):
-            e = [x * 100 for x in err[f"{n} b={big}"]] or [math.nan]
+            e = [x * 100 for x in err[n, big]] or [math.nan]
             ser.append(series(f"{n.upper()} (b={big} only)", [big], [sum(e) / len(e)], [min(e)], [max(e)],
                               marker="s", ls="none"))
         figs = [figure("error-vs-batch", "Wu & He Fig. 1 / Table 2 (ours): test error vs batch size per norm, "
@@ -102,8 +106,8 @@ class WuHeBatch(Experiment):
                                          "seeds.",
                        [panel("test error vs batch size", "images per batch", "test error (%)", ser, xlog=True,
                               xticks=bs)])]
-        table = [{"norm": k.split(" ")[0].upper(), "batch": k.split("=")[1], "test error (%)": stat_text(v, ".2f", 100)}
-                 for k, v in err.items()]
+        table = [{"norm": n.upper(), "batch": str(b), "test error (%)": stat_text(v, ".2f", 100)}
+                 for (n, b), v in err.items()]
         return j.outcome(self.claim, figs, table)
 
 

@@ -126,16 +126,126 @@ class _BatchNorm(_NormBase):
 
 
 class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
-    """BN over (N, C) or (N, C, L) input; statistics per channel C. A torch.nn.BatchNorm1d."""
+    r"""Batch Normalization (Ioffe & Szegedy 2015, Alg. 1; Sec. 3.2 for conv inputs) on normlab's core.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    In training, E[x] and Var[x] (biased) are each channel's batch statistics (Alg. 1) over the batch (and length L);
+    the running estimates take the unbiased batch variance (Alg. 2, step 10: m / (m - 1)). In eval mode (with
+    ``track_running_stats``) the running estimates replace them (Alg. 2, step 11). The backward is normlab's own
+    (docs/backward.md). A ``torch.nn.BatchNorm1d`` (isinstance holds; same parameters, buffers and state_dict).
+
+    Args:
+        num_features: C, the number of channels (dim 1 of the input).
+        eps: added to the variance before the square root (Alg. 1). Default: 1e-5.
+        momentum: weight of the batch statistics in the running estimates, ``running = (1 - momentum) * running +
+            momentum * batch``; None: the cumulative average over all batches seen. Default: 0.1.
+        affine: learn gamma (``weight``, init 1) and beta (``bias``, init 0) of Alg. 1's last line. Default: True.
+        track_running_stats: keep ``running_mean``/``running_var`` (init 0 and 1) and normalize with them in eval
+            mode; False: batch statistics in both modes. Default: True.
+        bias: with ``affine``, learn beta too (False: gamma only). Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> bn = normlab.BatchNorm1d(3)
+        >>> x = torch.randn(8, 3) * 4 + 2
+        >>> y = bn(x).detach()
+        >>> tuple(y.shape)
+        (8, 3)
+        >>> torch.allclose(y, torch.nn.BatchNorm1d(3)(x), atol=1e-5)   # torch.nn's numbers
+        True
+        >>> dims = [d for d in range(x.dim()) if d != 1]
+        >>> round(float(y.mean(dims).abs().max()), 4), round(float(y.var(dims, unbiased=False).mean()), 3)
+        (0.0, 1.0)
+    """
     _ranks = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
-    """BN over (N, C, H, W) input (NCHW or channels_last); statistics per channel over N, H, W.
-    A torch.nn.BatchNorm2d."""
+    r"""Batch Normalization (Ioffe & Szegedy 2015, Alg. 1; Sec. 3.2 for conv inputs) on normlab's core.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    In training, E[x] and Var[x] (biased) are each channel's batch statistics (Alg. 1) over N, H, W (m = N*H*W values);
+    the running estimates take the unbiased batch variance (Alg. 2, step 10: m / (m - 1)). In eval mode (with
+    ``track_running_stats``) the running estimates replace them (Alg. 2, step 11). The backward is normlab's own
+    (docs/backward.md). A ``torch.nn.BatchNorm2d`` (isinstance holds; same parameters, buffers and state_dict).
+
+    Args:
+        num_features: C, the number of channels (dim 1 of the input).
+        eps: added to the variance before the square root (Alg. 1). Default: 1e-5.
+        momentum: weight of the batch statistics in the running estimates, ``running = (1 - momentum) * running +
+            momentum * batch``; None: the cumulative average over all batches seen. Default: 0.1.
+        affine: learn gamma (``weight``, init 1) and beta (``bias``, init 0) of Alg. 1's last line. Default: True.
+        track_running_stats: keep ``running_mean``/``running_var`` (init 0 and 1) and normalize with them in eval
+            mode; False: batch statistics in both modes. Default: True.
+        bias: with ``affine``, learn beta too (False: gamma only). Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, H, W), contiguous or channels_last
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> bn = normlab.BatchNorm2d(3)
+        >>> x = torch.randn(4, 3, 5, 5) * 4 + 2
+        >>> y = bn(x).detach()
+        >>> tuple(y.shape)
+        (4, 3, 5, 5)
+        >>> torch.allclose(y, torch.nn.BatchNorm2d(3)(x), atol=1e-5)   # torch.nn's numbers
+        True
+        >>> dims = [d for d in range(x.dim()) if d != 1]
+        >>> round(float(y.mean(dims).abs().max()), 4), round(float(y.var(dims, unbiased=False).mean()), 3)
+        (0.0, 1.0)
+    """
     _ranks = (4,)
 
 
 class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
-    """BN over (N, C, D, H, W) input; statistics per channel over N, D, H, W. A torch.nn.BatchNorm3d."""
+    r"""Batch Normalization (Ioffe & Szegedy 2015, Alg. 1; Sec. 3.2 for conv inputs) on normlab's core.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    In training, E[x] and Var[x] (biased) are each channel's batch statistics (Alg. 1) over N, D, H, W;
+    the running estimates take the unbiased batch variance (Alg. 2, step 10: m / (m - 1)). In eval mode (with
+    ``track_running_stats``) the running estimates replace them (Alg. 2, step 11). The backward is normlab's own
+    (docs/backward.md). A ``torch.nn.BatchNorm3d`` (isinstance holds; same parameters, buffers and state_dict).
+
+    Args:
+        num_features: C, the number of channels (dim 1 of the input).
+        eps: added to the variance before the square root (Alg. 1). Default: 1e-5.
+        momentum: weight of the batch statistics in the running estimates, ``running = (1 - momentum) * running +
+            momentum * batch``; None: the cumulative average over all batches seen. Default: 0.1.
+        affine: learn gamma (``weight``, init 1) and beta (``bias``, init 0) of Alg. 1's last line. Default: True.
+        track_running_stats: keep ``running_mean``/``running_var`` (init 0 and 1) and normalize with them in eval
+            mode; False: batch statistics in both modes. Default: True.
+        bias: with ``affine``, learn beta too (False: gamma only). Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, D, H, W)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> bn = normlab.BatchNorm3d(3)
+        >>> x = torch.randn(2, 3, 2, 3, 3) * 4 + 2
+        >>> y = bn(x).detach()
+        >>> tuple(y.shape)
+        (2, 3, 2, 3, 3)
+        >>> torch.allclose(y, torch.nn.BatchNorm3d(3)(x), atol=1e-5)   # torch.nn's numbers
+        True
+        >>> dims = [d for d in range(x.dim()) if d != 1]
+        >>> round(float(y.mean(dims).abs().max()), 4), round(float(y.var(dims, unbiased=False).mean()), 3)
+        (0.0, 1.0)
+    """
     _ranks = (5,)

@@ -15,8 +15,36 @@ from .. import core
 
 
 class FrozenBatchNorm(nn.Module):
-    """Fixed per-channel affine map on (N, C, *) input of any rank >= 2. affine=False: no weight/bias buffers;
-    bias=False (with affine=True): a weight buffer only, as BatchNorm(bias=False)."""
+    r"""BatchNorm with frozen statistics and affine (torchvision's FrozenBatchNorm2d, detectron2's): a fixed
+    per-channel affine map, the eval-mode BN of Ioffe & Szegedy (2015, Alg. 2, step 11) as buffers.
+
+    .. math:: y = \frac{x - \mathrm{running\_mean}}{\sqrt{\mathrm{running\_var} + \epsilon}} \gamma + \beta
+
+    weight, bias, running_mean and running_var are buffers, not parameters: nothing here trains, in either mode.
+
+    Args:
+        num_features: C, the number of channels.
+        eps: added to running_var before the square root. Default: 1e-5.
+        affine: keep the weight/bias buffers (False: none). Default: True.
+        bias: with ``affine``, keep the bias buffer too (False: weight only, as BatchNorm(bias=False)). Keyword-only.
+            Default: True.
+
+    Shape:
+        - Input: (N, C, *) of any rank >= 2 (FrozenBatchNorm1d: 2 or 3, 2d: 4, 3d: 5)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> bn = torch.nn.BatchNorm2d(3)
+        >>> _ = bn(torch.randn(8, 3, 4, 4) * 2 + 1)          # some running statistics
+        >>> frozen = normlab.layers.FrozenBatchNorm2d(3)
+        >>> _ = frozen.load_state_dict(bn.state_dict(), strict=False)
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> torch.allclose(frozen(x), bn.eval()(x), atol=1e-6), len(list(frozen.parameters()))
+        (True, 0)
+    """
 
     _ranks: tuple[int, ...] | None = None   # None: any rank >= 2
 

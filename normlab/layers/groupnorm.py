@@ -38,8 +38,37 @@ def _shape_or_raise(normalized_shape) -> tuple[int, ...]:
 
 
 class GroupNorm(nn.GroupNorm):
-    """GN over (N, C, *) input: statistics per sample over C/G channels and all positions; per-channel affine.
-    A torch.nn.GroupNorm."""
+    r"""Group Normalization (Wu & He 2018, Eq. 1 with the set S_i of Eq. 7) on normlab's core.
+
+    .. math:: y = \frac{x - \mu_i}{\sqrt{\sigma_i^2 + \epsilon}} \gamma + \beta
+
+    mu_i and sigma_i^2 (biased) are taken per sample over its C/G channels of one group and all positions (Eq. 2-3);
+    gamma, beta are per channel (Eq. 4). Same numbers in training and eval (no running statistics). G = 1 is LN
+    over (C, *), G = C is IN. A ``torch.nn.GroupNorm``.
+
+    Args:
+        num_groups: G, a divisor of num_channels.
+        num_channels: C (dim 1 of the input).
+        eps: added to the variance before the square root. Default: 1e-5.
+        affine: learn per-channel gamma (init 1) and beta (init 0). Default: True.
+        bias: with ``affine``, learn beta too. Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, *)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 6, 4, 4) * 3 + 1
+        >>> y = normlab.GroupNorm(3, 6)(x).detach()
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.GroupNorm(3, 6)(x), atol=1e-5)
+        ((2, 6, 4, 4), True)
+        >>> g = y.reshape(2, 3, -1)   # per sample and group: mean 0, variance 1
+        >>> round(float(g.mean(-1).abs().max()), 4), round(float(g.var(-1, unbiased=False).mean()), 3)
+        (0.0, 1.0)
+    """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, *, bias: bool = True) -> None:
@@ -59,8 +88,34 @@ class GroupNorm(nn.GroupNorm):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LN over the trailing `normalized_shape` dims of any input; elementwise affine of that shape.
-    A torch.nn.LayerNorm."""
+    r"""Layer Normalization (Ba et al. 2016; Wu & He 2018, Eq. 1 with S_i = one sample's values) on normlab's core.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    The mean and the biased variance are taken over the trailing ``normalized_shape`` dims of each sample; gamma and
+    beta are elementwise, of that shape. Same numbers in training and eval. A ``torch.nn.LayerNorm``.
+
+    Args:
+        normalized_shape: the trailing shape to normalize over: an int or a tuple of ints.
+        eps: added to the variance before the square root. Default: 1e-5.
+        elementwise_affine: learn gamma (init 1) and beta (init 0) of shape ``normalized_shape``. Default: True.
+        bias: with ``elementwise_affine``, learn beta too. Default: True.
+
+    Shape:
+        - Input: (*, normalized_shape[0], ..., normalized_shape[-1])
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 5, 8) * 2 - 1
+        >>> y = normlab.LayerNorm(8)(x).detach()
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.LayerNorm(8)(x), atol=1e-5)
+        ((2, 5, 8), True)
+        >>> round(float(y.mean(-1).abs().max()), 4), round(float(y.var(-1, unbiased=False).mean()), 3)
+        (0.0, 1.0)
+    """
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None) -> None:
@@ -78,8 +133,34 @@ class LayerNorm(nn.LayerNorm):
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """Channels-first LN (timm's LayerNorm2d): (N, C, *) normalized per sample and position over its C channels,
-    per-channel affine. No permutes: the core reduces over dim 1. A torch.nn.LayerNorm (normalized_shape (C,))."""
+    r"""Channels-first Layer Normalization (timm's LayerNorm2d, as in ConvNeXt) on normlab's core.
+
+    .. math:: y_{n,:,h,w} = \frac{x_{n,:,h,w} - \mathrm{E}[x_{n,:,h,w}]}{\sqrt{\mathrm{Var}[x_{n,:,h,w}] +
+              \epsilon}} \gamma + \beta
+
+    Each sample and position is normalized over its C channels (dim 1), with per-channel gamma and beta. No permutes:
+    the core reduces over dim 1. A ``torch.nn.LayerNorm`` with normalized_shape (C,).
+
+    Args:
+        num_channels: C (dim 1 of the input).
+        eps: added to the variance before the square root. Default: 1e-6 (timm's).
+        affine: learn per-channel gamma (init 1) and beta (init 0). Default: True.
+        bias: with ``affine``, learn beta too. Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, *)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> y = normlab.LayerNorm2d(4)(x).detach()
+        >>> ref = torch.nn.LayerNorm(4, eps=1e-6)(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        >>> tuple(y.shape), torch.allclose(y, ref, atol=1e-5)
+        ((2, 4, 3, 3), True)
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, device=None, dtype=None, *,
                  bias: bool = True) -> None:
@@ -93,8 +174,33 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class RMSNorm(nn.RMSNorm):
-    """RMSNorm (Zhang & Sennrich 2019) with torch.nn.RMSNorm's contract: y = x / sqrt(mean(x^2) + eps) * weight over
-    the trailing `normalized_shape` dims; eps=None means torch.finfo(x.dtype).eps. A torch.nn.RMSNorm."""
+    r"""Root Mean Square Layer Normalization (Zhang & Sennrich 2019, Eq. 4) on normlab's core.
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \gamma
+
+    The mean of squares is taken over the trailing ``normalized_shape`` dims of each sample (no centering, no bias).
+    A ``torch.nn.RMSNorm`` (same contract).
+
+    Args:
+        normalized_shape: the trailing shape to normalize over: an int or a tuple of ints.
+        eps: added to the mean square; None: ``torch.finfo(x.dtype).eps``. Default: None.
+        elementwise_affine: learn gamma (init 1) of shape ``normalized_shape``. Default: True.
+
+    Shape:
+        - Input: (*, normalized_shape[0], ..., normalized_shape[-1])
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(3, 8) * 5
+        >>> y = normlab.RMSNorm(8)(x).detach()
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.RMSNorm(8)(x), atol=1e-5)
+        ((3, 8), True)
+        >>> [round(float(v), 3) for v in y.pow(2).mean(-1)]   # unit mean square per row
+        [1.0, 1.0, 1.0]
+    """
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float | None = None,
                  elementwise_affine: bool = True, device=None, dtype=None) -> None:
@@ -126,15 +232,99 @@ class _InstanceNorm(_NormBase):
 
 
 class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
-    """IN over (N, C, L) or unbatched (C, L). A torch.nn.InstanceNorm1d."""
+    r"""Instance Normalization (Ulyanov et al. 2016; Wu & He 2018, Eq. 1 with S_i = one sample's one channel).
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    The mean and the biased variance are taken per sample and channel over the length L. With
+    ``track_running_stats`` the running estimates (unbiased variance, as BN's) are used in eval mode. A
+    ``torch.nn.InstanceNorm1d`` (same defaults: no affine, no running statistics).
+
+    Args:
+        num_features: C (dim 1 of a batched input, dim 0 of an unbatched one).
+        eps: added to the variance before the square root. Default: 1e-5.
+        momentum: weight of the new statistics in the running estimates; None: cumulative average. Default: 0.1.
+        affine: learn per-channel gamma (init 1) and beta (init 0). Default: False.
+        track_running_stats: keep running estimates and use them in eval mode. Default: False.
+        bias: with ``affine``, learn beta too. Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, L) (batched) or the same without N (unbatched)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 3, 10) * 2 + 3
+        >>> y = normlab.InstanceNorm1d(3)(x)
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.InstanceNorm1d(3)(x), atol=1e-5)
+        ((2, 3, 10), True)
+    """
     _spatial = 1
 
 
 class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
-    """IN over (N, C, H, W) or unbatched (C, H, W). A torch.nn.InstanceNorm2d."""
+    r"""Instance Normalization (Ulyanov et al. 2016; Wu & He 2018, Eq. 1 with S_i = one sample's one channel).
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    The mean and the biased variance are taken per sample and channel over the positions H, W. With
+    ``track_running_stats`` the running estimates (unbiased variance, as BN's) are used in eval mode. A
+    ``torch.nn.InstanceNorm2d`` (same defaults: no affine, no running statistics).
+
+    Args:
+        num_features: C (dim 1 of a batched input, dim 0 of an unbatched one).
+        eps: added to the variance before the square root. Default: 1e-5.
+        momentum: weight of the new statistics in the running estimates; None: cumulative average. Default: 0.1.
+        affine: learn per-channel gamma (init 1) and beta (init 0). Default: False.
+        track_running_stats: keep running estimates and use them in eval mode. Default: False.
+        bias: with ``affine``, learn beta too. Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, H, W) (batched) or the same without N (unbatched)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 3, 4, 4) * 2 + 3
+        >>> y = normlab.InstanceNorm2d(3)(x)
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.InstanceNorm2d(3)(x), atol=1e-5)
+        ((2, 3, 4, 4), True)
+    """
     _spatial = 2
 
 
 class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
-    """IN over (N, C, D, H, W) or unbatched (C, D, H, W). A torch.nn.InstanceNorm3d."""
+    r"""Instance Normalization (Ulyanov et al. 2016; Wu & He 2018, Eq. 1 with S_i = one sample's one channel).
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    The mean and the biased variance are taken per sample and channel over the positions D, H, W. With
+    ``track_running_stats`` the running estimates (unbiased variance, as BN's) are used in eval mode. A
+    ``torch.nn.InstanceNorm3d`` (same defaults: no affine, no running statistics).
+
+    Args:
+        num_features: C (dim 1 of a batched input, dim 0 of an unbatched one).
+        eps: added to the variance before the square root. Default: 1e-5.
+        momentum: weight of the new statistics in the running estimates; None: cumulative average. Default: 0.1.
+        affine: learn per-channel gamma (init 1) and beta (init 0). Default: False.
+        track_running_stats: keep running estimates and use them in eval mode. Default: False.
+        bias: with ``affine``, learn beta too. Keyword-only. Default: True.
+
+    Shape:
+        - Input: (N, C, D, H, W) (batched) or the same without N (unbatched)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 3, 2, 3, 3) * 2 + 3
+        >>> y = normlab.InstanceNorm3d(3)(x)
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.InstanceNorm3d(3)(x), atol=1e-5)
+        ((2, 3, 2, 3, 3), True)
+    """
     _spatial = 3

@@ -88,10 +88,76 @@ class _BatchRenorm(_BatchNorm):
 
 
 class BatchRenorm1d(_BatchRenorm):
-    """Batch Renorm over (N, C) or (N, C, L) input."""
+    r"""Batch Renormalization (Ioffe 2017, Alg. 1): BN corrected towards the running statistics mu, sigma.
+
+    .. math:: y = \Big(\frac{x - \mu_B}{\sigma_B} r + d\Big) \gamma + \beta,\quad
+              r = \mathrm{clip}_{[1/r_{max}, r_{max}]}\Big(\frac{\sigma_B}{\sigma}\Big),\;
+              d = \mathrm{clip}_{[-d_{max}, d_{max}]}\Big(\frac{\mu_B - \mu}{\sigma}\Big)
+
+    r and d are constants for autograd (stop_gradient). Warm-up (Sec. 5): r_max = 1, d_max = 0 for
+    ``warmup_steps`` training batches (plain BN), then linear to ``r_max`` at ``r_max_steps`` and to ``d_max`` at
+    ``d_max_steps``. Eval normalizes with the running statistics, as BN.
+
+    Args:
+        num_features: C, the number of channels.
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+        r_max, d_max: the final clip values (keyword-only). Default: 3.0, 5.0.
+        warmup_steps, r_max_steps, d_max_steps: the schedule above in training batches (keyword-only). Default:
+            5000, 40000, 25000; all 0: the final clips from the first step.
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 3) * 2 + 1
+        >>> brn = normlab.BatchRenorm1d(3)        # in its warm-up (r = 1, d = 0) it is BN
+        >>> torch.allclose(brn(x), torch.nn.BatchNorm1d(3)(x), atol=1e-5)
+        True
+        >>> brn = normlab.BatchRenorm1d(3, r_max=1.5, d_max=0.5, warmup_steps=0, r_max_steps=0, d_max_steps=0)
+        >>> tuple(brn(x).shape)
+        (8, 3)
+    """
     _ranks = (2, 3)
 
 
 class BatchRenorm2d(_BatchRenorm):
-    """Batch Renorm over (N, C, H, W) input."""
+    r"""Batch Renormalization (Ioffe 2017, Alg. 1): BN corrected towards the running statistics mu, sigma.
+
+    .. math:: y = \Big(\frac{x - \mu_B}{\sigma_B} r + d\Big) \gamma + \beta,\quad
+              r = \mathrm{clip}_{[1/r_{max}, r_{max}]}\Big(\frac{\sigma_B}{\sigma}\Big),\;
+              d = \mathrm{clip}_{[-d_{max}, d_{max}]}\Big(\frac{\mu_B - \mu}{\sigma}\Big)
+
+    r and d are constants for autograd (stop_gradient). Warm-up (Sec. 5): r_max = 1, d_max = 0 for
+    ``warmup_steps`` training batches (plain BN), then linear to ``r_max`` at ``r_max_steps`` and to ``d_max`` at
+    ``d_max_steps``. Eval normalizes with the running statistics, as BN.
+
+    Args:
+        num_features: C, the number of channels.
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+        r_max, d_max: the final clip values (keyword-only). Default: 3.0, 5.0.
+        warmup_steps, r_max_steps, d_max_steps: the schedule above in training batches (keyword-only). Default:
+            5000, 40000, 25000; all 0: the final clips from the first step.
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(4, 3, 2, 2) * 2 + 1
+        >>> brn = normlab.BatchRenorm2d(3)        # in its warm-up (r = 1, d = 0) it is BN
+        >>> torch.allclose(brn(x), torch.nn.BatchNorm2d(3)(x), atol=1e-5)
+        True
+        >>> brn = normlab.BatchRenorm2d(3, r_max=1.5, d_max=0.5, warmup_steps=0, r_max_steps=0, d_max_steps=0)
+        >>> tuple(brn(x).shape)
+        (4, 3, 2, 2)
+    """
     _ranks = (4,)

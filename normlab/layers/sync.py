@@ -139,12 +139,32 @@ class SyncNormalizeFn(torch.autograd.Function):
 
 
 class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
-    """BatchNorm over (N, C, *) input of any rank >= 2 with statistics over every process of `process_group`.
+    r"""BatchNorm over (N, C, *) input of any rank >= 2 with statistics over every process of `process_group`.
 
-    Arguments as torch.nn.SyncBatchNorm (process_group=None: the default group). Parameter gradients are each rank's
-    own contribution (sum over its samples); summing them over ranks, which DDP does up to its 1/world average, gives
-    the gradient of the global batch. Running statistics come from the global batch (variance unbiased with the
-    global count), identical on every rank.
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta,\quad
+              \mathrm{E}, \mathrm{Var} \text{ over the global batch of all ranks}
+
+    Parameter gradients are each rank's own contribution (sum over its samples); summing them over ranks, which DDP
+    does up to its 1/world average, gives the gradient of the global batch. Running statistics come from the global
+    batch (variance unbiased with the global count), identical on every rank. Outside an initialized process group
+    (or in eval mode) it is exactly :class:`BatchNorm2d`'s math. A ``torch.nn.SyncBatchNorm``.
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d`.
+        process_group: the ranks whose statistics are pooled (None: the default group).
+
+    Shape:
+        - Input: (N, C, *) of any rank >= 2
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(4, 3, 5) * 2 + 1
+        >>> y = normlab.SyncBatchNorm(3)(x).detach()   # one process: BN of the local batch
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.BatchNorm1d(3)(x), atol=1e-5)
+        ((4, 3, 5), True)
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,

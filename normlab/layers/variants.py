@@ -84,12 +84,72 @@ class _NoisyBatchNorm(_BatchNorm):
 
 
 class NoisyBatchNorm1d(_NoisyBatchNorm):
-    """Noisy BN over (N, C) or (N, C, L) input."""
+    r"""Noisy BN (Santurkar et al. 2018, Sec. 2.1 and App. A.2.1): BN, then distributional noise in training.
+
+    .. math:: y_{ij} = s_{ij} \, \mathrm{BN}(x)_{ij} + m_{ij},\quad m_{ij} \sim U(\mu_j \pm r_\mu),\;
+              s_{ij} \sim N(\sigma_j, r_\sigma^2),\; \mu_j \sim U(-n_\mu, n_\mu),\; \sigma_j \sim U(1, n_\sigma)
+
+    Fresh noise every training forward (j: channel, i: sample and position); a constant for autograd. Eval: plain BN.
+
+    Args:
+        num_features: C, the number of channels.
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+        n_mu, n_sigma, r_mu, r_sigma: the noise parameters above (keyword-only; defaults the paper's 0.5, 1.25, 0.1,
+            0.1).
+        generator: the torch.Generator the noise is drawn from (None: the global one). Keyword-only.
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> layer, x = normlab.NoisyBatchNorm1d(3), torch.randn(8, 3)
+        >>> y = layer(x).detach()
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.BatchNorm1d(3)(x), atol=1e-5)  # noise
+        ((8, 3), False)
+        >>> _ = layer.eval()   # eval: BN with the running statistics, no noise
+        >>> torch.equal(layer(x), layer(x))
+        True
+    """
     _ranks = (2, 3)
 
 
 class NoisyBatchNorm2d(_NoisyBatchNorm):
-    """Noisy BN over (N, C, H, W) input."""
+    r"""Noisy BN (Santurkar et al. 2018, Sec. 2.1 and App. A.2.1): BN, then distributional noise in training.
+
+    .. math:: y_{ij} = s_{ij} \, \mathrm{BN}(x)_{ij} + m_{ij},\quad m_{ij} \sim U(\mu_j \pm r_\mu),\;
+              s_{ij} \sim N(\sigma_j, r_\sigma^2),\; \mu_j \sim U(-n_\mu, n_\mu),\; \sigma_j \sim U(1, n_\sigma)
+
+    Fresh noise every training forward (j: channel, i: sample and position); a constant for autograd. Eval: plain BN.
+
+    Args:
+        num_features: C, the number of channels.
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+        n_mu, n_sigma, r_mu, r_sigma: the noise parameters above (keyword-only; defaults the paper's 0.5, 1.25, 0.1,
+            0.1).
+        generator: the torch.Generator the noise is drawn from (None: the global one). Keyword-only.
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> layer, x = normlab.NoisyBatchNorm2d(3), torch.randn(4, 3, 2, 2)
+        >>> y = layer(x).detach()
+        >>> tuple(y.shape), torch.allclose(y, torch.nn.BatchNorm2d(3)(x), atol=1e-5)  # noise
+        ((4, 3, 2, 2), False)
+        >>> _ = layer.eval()   # eval: BN with the running statistics, no noise
+        >>> torch.equal(layer(x), layer(x))
+        True
+    """
     _ranks = (4,)
 
 
@@ -129,12 +189,74 @@ class _LpBatchNorm(_BatchNorm):
 
 
 class LpBatchNorm1d(_LpBatchNorm):
-    """Lp BN over (N, C) or (N, C, L) input; p in {1, 2, math.inf}."""
+    r"""Lp batch normalization (Santurkar et al. 2018, Sec. 3.3): center by the batch mean, divide by the lp
+    dispersion of the centered values c = x - E[x] (per channel over the batch and positions).
+
+    .. math:: y = \frac{c}{s_p} \gamma + \beta,\quad s_1 = \mathrm{E}|c| + \epsilon,\;
+              s_2 = \sqrt{\mathrm{E}[c^2] + \epsilon} \;(\text{BN}),\; s_\infty = \max|c| + \epsilon
+
+    ``running_var`` holds the running dispersion (the unbiased variance for p = 2, E|c| for p = 1, max|c| for
+    p = inf); eval normalizes with it.
+
+    Args:
+        num_features: C, the number of channels.
+        p: 1, 2 or ``math.inf``.
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import math, torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(16, 3) * 3
+        >>> y = normlab.LpBatchNorm1d(3, p=1)(x).detach()
+        >>> dims = [d for d in range(x.dim()) if d != 1]
+        >>> [round(float(v), 3) for v in y.abs().mean(dims)]   # unit mean absolute value per channel
+        [1.0, 1.0, 1.0]
+        >>> y = normlab.LpBatchNorm1d(3, p=math.inf)(x).detach()
+        >>> [round(float(v), 3) for v in y.abs().amax(dims)]   # unit max absolute value per channel
+        [1.0, 1.0, 1.0]
+    """
     _ranks = (2, 3)
 
 
 class LpBatchNorm2d(_LpBatchNorm):
-    """Lp BN over (N, C, H, W) input; p in {1, 2, math.inf}."""
+    r"""Lp batch normalization (Santurkar et al. 2018, Sec. 3.3): center by the batch mean, divide by the lp
+    dispersion of the centered values c = x - E[x] (per channel over the batch and positions).
+
+    .. math:: y = \frac{c}{s_p} \gamma + \beta,\quad s_1 = \mathrm{E}|c| + \epsilon,\;
+              s_2 = \sqrt{\mathrm{E}[c^2] + \epsilon} \;(\text{BN}),\; s_\infty = \max|c| + \epsilon
+
+    ``running_var`` holds the running dispersion (the unbiased variance for p = 2, E|c| for p = 1, max|c| for
+    p = inf); eval normalizes with it.
+
+    Args:
+        num_features: C, the number of channels.
+        p: 1, 2 or ``math.inf``.
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import math, torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(4, 3, 3, 3) * 3
+        >>> y = normlab.LpBatchNorm2d(3, p=1)(x).detach()
+        >>> dims = [d for d in range(x.dim()) if d != 1]
+        >>> [round(float(v), 3) for v in y.abs().mean(dims)]   # unit mean absolute value per channel
+        [1.0, 1.0, 1.0]
+        >>> y = normlab.LpBatchNorm2d(3, p=math.inf)(x).detach()
+        >>> [round(float(v), 3) for v in y.abs().amax(dims)]   # unit max absolute value per channel
+        [1.0, 1.0, 1.0]
+    """
     _ranks = (4,)
 
 
@@ -201,10 +323,70 @@ class _GhostBatchNorm(_BatchNorm):
 
 
 class GhostBatchNorm1d(_GhostBatchNorm):
-    """Ghost BN over (N, C) or (N, C, L) input."""
+    r"""Ghost Batch Normalization (Hoffer et al. 2017, Alg. 1): BN whose training statistics come from virtual
+    batches of ``virtual_batch_size`` samples.
+
+    .. math:: y_b = \frac{x_b - \mathrm{E}[x_b]}{\sqrt{\mathrm{Var}[x_b] + \epsilon}} \gamma + \beta
+              \quad\text{for each virtual batch } b
+
+    The batch is cut in order into virtual batches (a smaller remainder is its own, or joins the last one when it
+    would hold a single value per channel); gamma, beta are shared; one running-statistics update per virtual batch.
+    ``virtual_batch_size >= N`` is exactly BN; eval uses the running statistics.
+
+    Args:
+        num_features: C, the number of channels.
+        virtual_batch_size: samples per virtual batch (a positive int).
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 3)
+        >>> y = normlab.GhostBatchNorm1d(3, virtual_batch_size=4)(x).detach()
+        >>> torch.allclose(y[:4], torch.nn.BatchNorm1d(3)(x[:4]), atol=1e-5)   # each half is BN of its own 4 samples
+        True
+        >>> torch.allclose(y[4:], torch.nn.BatchNorm1d(3)(x[4:]), atol=1e-5)
+        True
+    """
     _ranks = (2, 3)
 
 
 class GhostBatchNorm2d(_GhostBatchNorm):
-    """Ghost BN over (N, C, H, W) input."""
+    r"""Ghost Batch Normalization (Hoffer et al. 2017, Alg. 1): BN whose training statistics come from virtual
+    batches of ``virtual_batch_size`` samples.
+
+    .. math:: y_b = \frac{x_b - \mathrm{E}[x_b]}{\sqrt{\mathrm{Var}[x_b] + \epsilon}} \gamma + \beta
+              \quad\text{for each virtual batch } b
+
+    The batch is cut in order into virtual batches (a smaller remainder is its own, or joins the last one when it
+    would hold a single value per channel); gamma, beta are shared; one running-statistics update per virtual batch.
+    ``virtual_batch_size >= N`` is exactly BN; eval uses the running statistics.
+
+    Args:
+        num_features: C, the number of channels.
+        virtual_batch_size: samples per virtual batch (a positive int).
+        eps, momentum, affine, track_running_stats, bias: as :class:`BatchNorm2d` (defaults 1e-5, 0.1, True, True,
+            True).
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 3, 2, 2)
+        >>> y = normlab.GhostBatchNorm2d(3, virtual_batch_size=4)(x).detach()
+        >>> torch.allclose(y[:4], torch.nn.BatchNorm2d(3)(x[:4]), atol=1e-5)   # each half is BN of its own 4 samples
+        True
+        >>> torch.allclose(y[4:], torch.nn.BatchNorm2d(3)(x[4:]), atol=1e-5)
+        True
+    """
     _ranks = (4,)

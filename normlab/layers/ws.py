@@ -15,7 +15,34 @@ from .. import core
 
 
 class WSConv2d(nn.Conv2d):
-    """nn.Conv2d (same arguments, parameters and state_dict) whose filters are standardized before every forward."""
+    r"""Weight Standardization (Qiao et al. 2019, Eq. 5): an nn.Conv2d whose filters are standardized before every
+    forward (same arguments, parameters and state_dict).
+
+    .. math:: \hat W_{i,\cdot} = \frac{W_{i,\cdot} - \mathrm{E}[W_{i,\cdot}]}{\sqrt{\mathrm{Var}[W_{i,\cdot}]
+              + \epsilon}},\quad y = \hat W * x + b
+
+    per output filter i over its C_in/groups * kh * kw weights (biased variance); the gradient flows through the
+    standardization to W.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as nn.Conv2d.
+        eps: added to the filter variance. Keyword-only. Default: 1e-5.
+
+    Shape:
+        - Input: (N, C_in, H, W)
+        - Output: (N, C_out, H_out, W_out), as nn.Conv2d.
+
+    Examples::
+
+        >>> import torch, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> conv = normlab.WSConv2d(3, 4, 3, padding=1)
+        >>> tuple(conv(torch.randn(2, 3, 8, 8)).shape)
+        (2, 4, 8, 8)
+        >>> w = conv.standardized_weight().detach().flatten(1)
+        >>> round(float(w.mean(1).abs().max()), 4), round(float(w.var(1, unbiased=False).mean()), 2)
+        (0.0, 1.0)
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
