@@ -261,8 +261,8 @@ def _ioffe_records(tmp: Path, acc: dict[str, float], drift: dict[str, float]) ->
     for g in ("none", "bn"):
         for seed in range(3):
             metrics = [{"step": t, "test_acc": acc[g] * t / 100 + 0.001 * seed} for t in (0, 10, 50, 100)]
-            diag = [{"step": t, "hook": "distributions", "percentiles": {q: [drift[g] * t / 100 + 0.01 * seed]
-                                                                         for q in ("15", "50", "85")}}
+            diag = [{"step": t, "hook": "distributions", "layer": "1", "hist": {"edges": [0.0, 1.0], "counts": [1]},
+                     "percentiles": {q: [drift[g] * t / 100 + 0.01 * seed] for q in ("15", "50", "85")}}
                     for t in range(0, 101, 10)]
             out.append(_result(tmp, g, seed, metrics, diag))
     return out

@@ -22,7 +22,9 @@ import normlab
 from normlab.cli import main
 from normlab.experiments import backends, runner
 from normlab.experiments.base import Experiment, Outcome, Scale, Verdict
+from normlab.config import TrainConfig
 from normlab.experiments.common import train_run
+from normlab.train import train
 
 # one pytest-xdist worker runs this module (make test: --dist loadgroup), so the suite starts one local Ray, not two
 pytestmark = pytest.mark.xdist_group("ray")
@@ -137,8 +139,10 @@ class Checkpointed(Experiment):
                           batch_size=60, steps=30, eval_every=10, eval_samples=200, checkpoint_every=10,
                           device=device)]
 
-    def hooks(self, run):
-        return [KillOnce(self.trace, 15, self.test_pid)] if self.trace else []
+    def execute(self, run, out_dir):
+        """Train as runner does, with KillOnce as the one hook (built in the worker, from this pickled experiment)."""
+        hooks = [KillOnce(self.trace, 15, self.test_pid)] if self.trace else []
+        return train(TrainConfig.from_dict(run.config["train"]), out_dir, hooks=hooks, resume=True)
 
     def analyze(self, results, scale):
         return Outcome(Verdict(self.claim, "supported", results[0].summary["test_acc"], "final test accuracy"))
