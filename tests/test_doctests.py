@@ -14,9 +14,10 @@ import torch
 MODULES = (
     "normlab.layers.batchnorm", "normlab.layers.groupnorm", "normlab.layers.variants", "normlab.layers.renorm",
     "normlab.layers.frozen", "normlab.layers.sync", "normlab.layers.ws",
-    "normlab.tools",
+    "normlab.tools", "normlab.layers.factory",
     "normlab.diagnostics.distributions", "normlab.diagnostics.ics", "normlab.diagnostics.landscape",
-    "normlab.diagnostics.hessian", "normlab.diagnostics.bound",
+    "normlab.diagnostics.hessian", "normlab.diagnostics.bound", "normlab.diagnostics.summary",
+    "normlab.diagnostics.hooks",
     "normlab.experiments.base", "normlab.experiments.variants", "normlab.experiments.rows",
 )
 

@@ -5,6 +5,19 @@ loss_fn, optimizer, lr, loss. Each hook here acts only on its steps (`every` k s
 `steps` set), returns rows of its declared schema (`fields`; train adds "step" and "hook" = the hook's name) and
 leaves the model, its buffers, its .grad, the optimizer state and the global RNG stream as it found them.
 `normlab diagnose` runs the same hooks (built by `from_options`) on a checkpoint.
+
+Example: what train() does at a step, by hand on one batch (a Context carries what the loop's StepContext does)::
+
+    >>> import torch, torch.nn as nn, normlab
+    >>> from normlab.diagnostics import Context
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), normlab.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    >>> ctx = Context(model, nn.functional.cross_entropy, torch.randn(32, 4), torch.randint(0, 3, (32,)), step=20)
+    >>> rows = BoundHook(every=10)(ctx)          # step 20 is due: one row per BN layer
+    >>> [(r["layer"], r["identity_holds"], r["bound_holds"]) for r in rows]
+    [('1', True, True)]
+    >>> DistributionsHook(layers=[1], every=7)(ctx) is None    # step 20 is not a multiple of 7
+    True
 """
 from __future__ import annotations
 

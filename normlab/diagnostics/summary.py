@@ -43,7 +43,20 @@ def diagnose(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tens
 
     `layers` selects the layers of distributions and ics, and the parameter block of hessian (that layer's Hessian);
     landscape and bound always cover the whole model (every BN layer), which out["notes"] says when `layers` is set.
-    An index or name that the model does not have is refused before anything is measured."""
+    An index or name that the model does not have is refused before anything is measured.
+
+    Examples::
+
+        >>> import torch, torch.nn as nn, normlab
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), normlab.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> out = diagnose(model, nn.functional.cross_entropy, x, y, what="bound,hessian", iters=50)
+        >>> [(r["layer"], r["identity_holds"], r["bound_holds"]) for r in out["bound"]]   # Theorem 4.1, per BN layer
+        [('1', True, True)]
+        >>> out["hessian"]["converged"], round(out["hessian"]["eigenvalue"], 2)              # top eigenvalue of H
+        (True, 1.14)
+    """
     names = parse_what(what)
     if layers is not None:
         resolve_layers(model, layers, need_weight=False)   # a ValueError naming the valid layers

@@ -165,6 +165,19 @@ def norm_layer(spec: str, num_channels: int | None = None, ndim: int = 2, **kwar
     momentum, affine, track_running_stats, bias, device, dtype). Without num_channels: the factory
     `(num_features, **kwargs) -> module` for a model constructor's norm_layer= argument, e.g.
     resnet(norm_layer=norm_layer("gn:32")).
+
+    Examples::
+
+        >>> import torch
+        >>> gn = norm_layer("gn:4", 8)
+        >>> type(gn).__name__, gn.num_groups, isinstance(gn, torch.nn.GroupNorm)
+        ('GroupNorm', 4, True)
+        >>> make = norm_layer("bn")                      # a factory, as a model constructor's norm_layer= wants
+        >>> bn = make(16, eps=1e-3, momentum=None)
+        >>> type(bn).__name__, bn.eps, bn.momentum
+        ('BatchNorm2d', 0.001, None)
+        >>> norm_layer("bn", 8, ndim=1)(torch.randn(5, 8)).shape
+        torch.Size([5, 8])
     """
     if not isinstance(spec, str):
         raise TypeError(f"spec: expected a string such as 'bn' or 'gn:32', got {type(spec).__name__}")
