@@ -141,9 +141,11 @@ def test_killed_reproduce_keeps_finished_runs_and_resumes(tmp_path):
     env = {**os.environ, "NORMLAB_TEST_SLOW": "b seed=2"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while len(list(out.glob("runs/*/done.json"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
+    def settled() -> bool:   # 5 runs done and the hung one started (under load a worker may pick it up late)
+        return len(list(out.glob("runs/*/done.json"))) == 5 and len(executions(out)) == 6
+    while not settled() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert len(list(out.glob("runs/*/done.json"))) == 5, proc.communicate(timeout=5)[0].decode()[-2000:]
+    assert settled(), proc.communicate(timeout=5)[0].decode()[-2000:]
     proc.send_signal(signal.SIGTERM)
     text = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode != 0 and "rerun the same command to resume" in text
