@@ -4,6 +4,7 @@ own module tests found. Small shapes; each compile is one tiny graph."""
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 import warnings
@@ -138,6 +139,56 @@ def test_fx_variants_are_leaves():
     net.eval()
     x = torch.randn(4, 2, 3, 3)
     torch.testing.assert_close(gm.eval()(x), net(x))
+
+
+VARIANTS = {   # the variants in training mode (their own statistics rules), with a warm-up-free Batch Renorm
+    "ghost1d": lambda: (normlab.GhostBatchNorm1d(4, 3), (6, 4)),
+    "ghost2d": lambda: (normlab.GhostBatchNorm2d(4, 2), (4, 4, 3, 3)),
+    "lp1": lambda: (normlab.LpBatchNorm2d(4, p=1), (3, 4, 3, 3)),
+    "lpinf": lambda: (normlab.LpBatchNorm1d(4, p=math.inf), (6, 4)),
+    "renorm1d": lambda: (normlab.BatchRenorm1d(4, r_max=1.5, d_max=0.5, warmup_steps=1, r_max_steps=3,
+                                               d_max_steps=2), (6, 4)),
+    "renorm2d": lambda: (normlab.BatchRenorm2d(4, r_max=1.5, d_max=0.5, warmup_steps=0, r_max_steps=0,
+                                               d_max_steps=0), (3, 4, 3, 3)),
+    "noisy": lambda: (normlab.NoisyBatchNorm2d(4), (3, 4, 3, 3)),
+    "frozen": lambda: (normlab.layers.FrozenBatchNorm2d(4), (3, 4, 3, 3)),
+}
+
+
+def _two_steps(layer, xs):
+    """Outputs, gradients and buffers over two training steps (the second sees the first's running statistics)."""
+    out, params = [], list(layer.parameters())
+    torch.manual_seed(1)   # noisy BN draws its noise from the global generator, as torch's dropout does
+    for x in xs:
+        out += _fwd_bwd(layer, x, params)
+        _zero(params)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("how", ["compile", "export", "trace"])
+def test_variants_compile_export_trace(name, how):
+    """Each variant in training mode, compiled (fullgraph), exported and traced, equals eager over two steps:
+    outputs, input and parameter gradients, running statistics and Batch Renorm's step-dependent clip."""
+    torch.manual_seed(0)
+    ref, shape = VARIANTS[name]()
+    layer = copy.deepcopy(ref)
+    xs = [3 * torch.randn(shape) + 1, 2 * torch.randn(shape) - 1]
+    want = _two_steps(ref, xs)
+    if how == "compile":
+        mod = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    elif how == "export":
+        mod = torch.export.export(layer, (xs[0],)).module()
+    else:
+        fresh = copy.deepcopy(layer.state_dict())
+        mod = torch.jit.trace(layer, (xs[0].clone(),), check_trace=False)
+        layer.load_state_dict(fresh)   # tracing ran one step; the traced module shares the layer's tensors
+    got = _two_steps(mod, xs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL)
+    state = (mod if how == "export" else layer).state_dict()   # compile and trace share the layer's tensors
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(state[k], v, **TOL)
 
 
 # ------------------------------------------------------------------------------------------------------- TorchScript

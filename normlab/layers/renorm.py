@@ -17,8 +17,15 @@ from .batchnorm import _BatchNorm
 from .variants import _batch_dims, _check_count
 
 
-def _ramp(step: int, start: int, end: int, first: float, last: float) -> float:
-    """first for steps < `start`, then linear to `last` at `end` (end == start: a jump), then last."""
+def _ramp(step, start: int, end: int, first: float, last: float):
+    """first for steps < `start`, then linear to `last` at `end` (end == start: a jump), then last.
+
+    `step` is an int, or a 0-d tensor (num_batches_tracked): then the ramp is tensor arithmetic, so torch.compile and
+    torch.export trace one program for every step instead of specializing on (and recompiling for) its value.
+    """
+    if isinstance(step, torch.Tensor):
+        frac = ((step - start) / (end - start)).clamp(0.0, 1.0) if end > start else (step >= start).float()
+        return first + (last - first) * frac
     if step >= end:
         return last
     if step <= start:
@@ -63,8 +70,9 @@ class _BatchRenorm(_BatchNorm):
         return (super().extra_repr() + f", r_max={self.r_max:g}, d_max={self.d_max:g}, warmup_steps="
                 f"{self.warmup_steps}, r_max_steps={self.r_max_steps}, d_max_steps={self.d_max_steps}")
 
-    def limits(self, step: int | None = None) -> tuple[float, float]:
-        """(r_max, d_max) in force at training step `step` (default: the next one, num_batches_tracked)."""
+    def limits(self, step: "int | torch.Tensor | None" = None):
+        """(r_max, d_max) in force at training step `step` (default: the next one, num_batches_tracked); floats for
+        an int step, 0-d tensors for a tensor step."""
         step = int(self.num_batches_tracked) if step is None else step
         return (_ramp(step, self.warmup_steps, self.r_max_steps, 1.0, self.r_max),
                 _ramp(step, self.warmup_steps, self.d_max_steps, 0.0, self.d_max))
@@ -75,7 +83,7 @@ class _BatchRenorm(_BatchNorm):
         dims, shape = _batch_dims(x), core.channel_shape(x.dim())
         m = core.count(x, dims)
         _check_count(x, m)
-        r_max, d_max = self.limits()
+        r_max, d_max = self.limits(self.num_batches_tracked)   # a tensor: traced, not specialized
         xhat, mean, var = core.normalize(x, dims, self.eps)
         with torch.no_grad():   # r, d: no gradient (Alg. 1 "stop_gradient")
             mu = self.running_mean.view(shape).to(mean.dtype)

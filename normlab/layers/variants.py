@@ -298,10 +298,13 @@ class _GhostBatchNorm(_BatchNorm):
         return not self._use_batch_stats() or self.virtual_batch_size >= x.shape[0]
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        n, v = x.shape[0], self.virtual_batch_size
+        # ints, not jit.trace's traced sizes: the split into virtual batches is fixed for a traced shape
+        n, v = int(x.shape[0]), self.virtual_batch_size
         if self._plain(x):
             return _BatchNorm._normalize(self, x)
-        per_sample = math.prod(x.shape[2:])
+        per_sample = 1
+        for size in x.shape[2:]:   # a loop: Dynamo does not trace math.prod over a generator
+            per_sample *= int(size)
         if v * per_sample <= 1:
             raise ValueError(f"virtual_batch_size: {v} sample(s) per virtual batch leave 1 value per channel on "
                              f"input of shape {tuple(x.shape)}; batch statistics need more than 1")
