@@ -15,7 +15,8 @@ sign at the arg-max for p = inf. The two cross-sample reductions sum(g) and sum(
 all-reduce. The backward is itself built from differentiable torch ops, so double backward (Hessian-vector products) works.
 
 Two paths, chosen at one dispatch point (_use_fused): the fused custom op of normlab.fast (RMS only, kernels prepared,
-layout fits) or the eager reference Function NormalizeFn (every dispersion; torch.func, forward-mode AD, create_graph).
+layout fits, eager mode) or the eager reference Function NormalizeFn (every dispersion; torch.func, forward-mode AD,
+create_graph; and whatever torch.compile / torch.export trace, so that inductor fuses its torch ops).
 
 Imports torch only.
 """
@@ -372,10 +373,8 @@ def _use_fused(x: torch.Tensor, dims: Dims, disp: Dispersion, weight: torch.Tens
                bias: torch.Tensor | None, shape: tuple[int, ...] | None) -> bool:
     """The one dispatch point between the fused op (normlab.fast: BN's RMS scale only) and the eager reference
     (NormalizeFn). It never builds the kernels: normlab.fast.prepare() does, ahead of the first forward."""
-    if disp is not RMS or not _fast.enabled():
-        return False
-    if torch.compiler.is_compiling():   # traced: dtype and device decide, the op handles any layout
-        return _fast.traceable_fits(x, weight, bias)
+    if disp is not RMS or not _fast.enabled() or torch.compiler.is_compiling():
+        return False   # compiled/exported: the reference's torch ops, which inductor fuses (an opaque op would not)
     if _wrapped(x) or _wrapped(weight) or _wrapped(bias) or _fwd_ad._current_level >= 0:
         return False   # torch.func transforms and forward-mode AD take the reference Function (jvp, vmap rule)
     return _fast.fits(x, dims, weight, bias, shape) is not None
@@ -437,6 +436,22 @@ def normalize_with(x: torch.Tensor, mean: torch.Tensor, disp: torch.Tensor, eps:
     x32 = _up(x)
     inv = 1.0 / dispersion(p).scale(disp.to(x32.dtype), eps)
     return ((x32 - mean.to(x32.dtype)) * inv).to(x.dtype)
+
+
+@torch.library.custom_op("normlab::snapshot", mutates_args=())
+def snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t that torch.compile saves for the backward instead of recomputing it there.
+
+    A value read from a buffer that the same forward then updates in place (Batch Renorm's r from the running
+    variance) must be saved: torch 2.13's min-cut partitioner may recompute it in the backward, after the update, which
+    gives silently wrong gradients (pytorch/pytorch#197039, open). It never recomputes a custom op.
+    """
+    return t.clone()
+
+
+@snapshot.register_fake
+def _snapshot_fake(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t)
 
 
 def affine(xhat: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,

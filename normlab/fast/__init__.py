@@ -37,7 +37,6 @@ STREAM_BYTES = 16 << 20    # outputs at least this large skip the cache (half th
 
 _on = os.environ.get("NORMLAB_FAST", "1").strip().lower() not in ("0", "off", "false", "no")
 _lib = None
-_ready = False   # _lib is loaded (a plain bool, so that torch.compile can guard on it)
 _error: str | None = None
 _compile_s: float | None = None
 _lock = threading.Lock()
@@ -70,8 +69,8 @@ def disabled() -> Iterator[None]:
 def prepare() -> bool:
     """Build or load the kernels now, ahead of the first forward. True if usable.
 
-    Until then every call takes the eager path (a forward never builds them); under torch.compile / torch.export the
-    fused op is used only when the kernels were prepared before tracing."""
+    Until then every call takes the eager path (a forward never builds them). torch.compile and torch.export never
+    use the kernels: they trace the eager reference's torch ops, which inductor fuses itself."""
     return _kernels() is not None
 
 
@@ -81,7 +80,7 @@ def status() -> dict:
 
 
 def _kernels():
-    global _lib, _error, _compile_s, _ready
+    global _lib, _error, _compile_s
     if _lib is not None or _error is not None:
         return _lib
     with _lock:
@@ -89,7 +88,6 @@ def _kernels():
             from . import _build
             try:
                 _lib, _compile_s = _build.build()
-                _ready = True
             except Exception as exc:   # noqa: BLE001 - any build failure means: stay eager, and say why
                 _error = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"normlab fast path unavailable, using the eager path: {_error}", RuntimeWarning,
@@ -99,15 +97,6 @@ def _kernels():
 
 # ------------------------------------------------------------------------------------------------------- plans
 _plans: dict[tuple, Plan | None] = {}
-
-
-def traceable_fits(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
-    """Under torch.compile / export: whether the fused op (normlab.fast.ops) takes this call. Only dtype and device
-    decide, which the compiler guards on; the op itself falls back to torch ops where the kernels' layout does not fit.
-    """
-    if not (_on and _ready and x.dtype == torch.float32 and x.device.type == cpu.DEVICE):
-        return False
-    return all(t is None or (t.dtype == torch.float32 and t.device.type == cpu.DEVICE) for t in (weight, bias))
 
 
 def backend(device: torch.device | str):

@@ -90,6 +90,8 @@ class _BatchRenorm(_BatchNorm):
             sigma = core.scale_from(self.running_var.view(shape).to(var.dtype), self.eps)
             r = (core.scale_from(var, self.eps) / sigma).clamp(1.0 / r_max, r_max)
             d = ((mean - mu) / sigma).clamp(-d_max, d_max)
+            if torch.compiler.is_compiling():   # r, d read the running statistics updated below: saved, not recomputed
+                r, d = core.snapshot(r), core.snapshot(d)
         if self.track_running_stats:
             self._update_running(mean.flatten(), var.flatten(), m, self._tick())
         return torch.addcmul(d.to(xhat.dtype), xhat, r.to(xhat.dtype))
