@@ -146,6 +146,13 @@ class Dispersion:
         m, sum_g, sum_gx = _sums(g, xhat, dims)
         return self.from_sums(g, xhat, s, sum_g, sum_gx, m, self.weights(xhat, dims, m))
 
+    def backward_saved(self, xhat: torch.Tensor, d: torch.Tensor, g: torch.Tensor, dims: Dims,
+                       eps: float) -> torch.Tensor:
+        """dL/dx from the saved xhat and d: two reductions, no recomputed statistics, no double backward (what
+        torch.compile traces)."""
+        m, sum_g, sum_gx = _sums(g, xhat, dims)
+        return self.from_sums(g, xhat, self.scale(d, eps), sum_g, sum_gx, m, self.weights(xhat, dims, m))
+
     def jvp(self, xhat: torch.Tensor, d: torch.Tensor, t: torch.Tensor, dims: Dims, eps: float) -> torch.Tensor:
         """The same linear map forward: dxhat = (dc - xhat * sum_S(w * dc)) / s, dc = t - mean_S(t)."""
         m = count(xhat, dims)
@@ -243,6 +250,9 @@ class _UncenteredRMS(Dispersion):
         xhat = x * r
         return r * (g - xhat * (g * xhat).mean(dim=dims, keepdim=True))
 
+    def backward_saved(self, xhat, d, g, dims, eps):
+        return torch.rsqrt(d + eps) * (g - xhat * (g * xhat).mean(dim=dims, keepdim=True))
+
     def jvp(self, xhat, d, t, dims, eps):
         return torch.rsqrt(d + eps) * (t - xhat * (xhat * t).mean(dim=dims, keepdim=True))
 
@@ -291,14 +301,14 @@ def _up(t: torch.Tensor) -> torch.Tensor:
 
 
 class _NormalizeBase(torch.autograd.Function):
-    """The eager reference without its jvp (NormalizeFn below adds it; torch.compile traces this base, as Dynamo
-    does not trace a custom jvp): xhat, mean, d = NormalizeFn.apply(x, dims, eps, disp), disp a Dispersion.
-    Only xhat carries a gradient.
+    """The reference as torch.compile / torch.export trace it: xhat, mean, d = _NormalizeBase.apply(x, dims, eps,
+    disp), disp a Dispersion; only xhat carries a gradient. The backward takes the saved xhat and d (compiled graphs
+    have no double backward, and two reductions instead of the statistics' recomputation let inductor fuse it as it
+    fuses torch's BN). NormalizeFn below is the eager reference.
 
     xhat is float32 for half inputs (the caller applies the affine in float32, then casts). The math is the
-    dispersion's: forward, backward (rebuilt from x with differentiable ops, so double backward and torch.func's
-    nested transforms work) and jvp side by side in its class above. vmap: generated from these (every op is per
-    statistic set, so a vmapped call normalizes each example over its own `dims`).
+    dispersion's: forward, backward and jvp side by side in its class above. vmap: generated from these (every op is
+    per statistic set, so a vmapped call normalizes each example over its own `dims`).
     """
 
     generate_vmap_rule = True
@@ -306,6 +316,26 @@ class _NormalizeBase(torch.autograd.Function):
     @staticmethod
     def forward(x: torch.Tensor, dims: Dims, eps: float, disp: Dispersion):
         return disp.forward(_up(x), dims, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, dims, eps, disp = inputs
+        xhat, mean, d = output
+        ctx.save_for_backward(xhat, d)
+        ctx.dims, ctx.eps, ctx.disp, ctx.dtype = dims, eps, disp, x.dtype
+        ctx.mark_non_differentiable(mean, d)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _gmean, _gdisp):
+        xhat, d = ctx.saved_tensors
+        dx = ctx.disp.backward_saved(xhat, d, _up(g), ctx.dims, ctx.eps)
+        return dx.to(ctx.dtype), None, None, None
+
+
+class NormalizeFn(_NormalizeBase):
+    """The eager reference: xhat, mean, d = NormalizeFn.apply(x, dims, eps, disp). Its backward is rebuilt from x
+    with differentiable ops, so double backward (Hessian-vector products) and torch.func's nested transforms work;
+    with forward-mode AD (jvp)."""
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -321,10 +351,6 @@ class _NormalizeBase(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         dx = ctx.disp.backward(_up(x), _up(g), ctx.dims, ctx.eps)
         return dx.to(x.dtype), None, None, None
-
-
-class NormalizeFn(_NormalizeBase):
-    """The eager reference: xhat, mean, d = NormalizeFn.apply(x, dims, eps, disp), with forward-mode AD."""
 
     @staticmethod
     def jvp(ctx, x_t: torch.Tensor, *_):
