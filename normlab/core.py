@@ -146,6 +146,11 @@ class Dispersion:
         m, sum_g, sum_gx = _sums(g, xhat, dims)
         return self.from_sums(g, xhat, s, sum_g, sum_gx, m, self.weights(xhat, dims, m))
 
+    def traced_forward(self, x: torch.Tensor, dims: Dims,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward() as torch.compile / torch.export trace it (the same values to rounding)."""
+        return self.forward(x, dims, eps)
+
     def backward_saved(self, xhat: torch.Tensor, d: torch.Tensor, g: torch.Tensor, dims: Dims,
                        eps: float) -> torch.Tensor:
         """dL/dx from the saved xhat and d: two reductions, no recomputed statistics, no double backward (what
@@ -176,6 +181,11 @@ class _RMS(Dispersion):
         mean, var, c, delta = _centered(x, dims)
         inv = 1.0 / self.scale(var, eps)
         return torch.addcmul(delta * -inv, c, inv), mean, var   # xhat = (c - delta) / s
+
+    def traced_forward(self, x, dims, eps):
+        # inductor lowers var_mean to one Welford reduction, accurate without _centered's second pass, and fuses it
+        var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
+        return (x - mean) * torch.rsqrt(var + eps), mean, var
 
     def weights(self, xhat, dims, m):
         return xhat / m
@@ -315,7 +325,7 @@ class _NormalizeBase(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, dims: Dims, eps: float, disp: Dispersion):
-        return disp.forward(_up(x), dims, eps)
+        return disp.traced_forward(_up(x), dims, eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -336,6 +346,10 @@ class NormalizeFn(_NormalizeBase):
     """The eager reference: xhat, mean, d = NormalizeFn.apply(x, dims, eps, disp). Its backward is rebuilt from x
     with differentiable ops, so double backward (Hessian-vector products) and torch.func's nested transforms work;
     with forward-mode AD (jvp)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, dims: Dims, eps: float, disp: Dispersion):
+        return disp.forward(_up(x), dims, eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
