@@ -16,7 +16,8 @@ all-reduce. The backward is itself built from differentiable torch ops, so doubl
 
 Two paths, chosen at one dispatch point (_use_fused): the fused custom op of normlab.fast (RMS only, kernels prepared,
 layout fits, eager mode) or the eager reference Function NormalizeFn (every dispersion; torch.func, forward-mode AD,
-create_graph; and whatever torch.compile / torch.export trace, so that inductor fuses its torch ops).
+create_graph). torch.compile / torch.export trace _NormalizeBase instead: the same math as torch ops that inductor
+fuses (traced_forward, and backward_saved from the saved xhat and d, as compiled graphs have no double backward).
 
 Imports torch only.
 """
