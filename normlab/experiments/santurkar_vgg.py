@@ -38,7 +38,9 @@ PAPER = Scale("paper", dataset="cifar10", in_shape=(3, 32, 32), vgg="vgg11", wid
 QUICK = (PAPER.reduce("quick", "CIFAR-10 cannot be had offline: Fashion-MNIST (MNIST when it is not installed)",
                       dataset="fashion-mnist", in_shape=(1, 28, 28))
          .reduce("quick", "a 2-core CPU: 1/8 width (the 8-conv VGG-11 layout kept), 800 steps", width=0.125,
-                 steps=800, eval_every=100, eval_samples=2000, dist_every=20))
+                 steps=800, eval_every=100, eval_samples=2000, dist_every=20)
+         .reduce("quick", "a run costs under a minute here: 5 seeds, the suite's rule (docs/experiments.md)",
+                 seeds=5))
 SMOKE = QUICK.reduce("smoke", "tests only", width=0.0625, batch=16, steps=6, eval_every=3, eval_samples=64,
                      dist_every=2, seeds=2)
 
