@@ -60,7 +60,7 @@ def bench_overhead(quick: bool, out: Path) -> list[dict]:
         ours, bare = [], []
         for r in range(5 if quick else 20):   # interleaved, so that machine noise hits both sides alike
             bare.append(_time(lambda: _bare(cfg, ds)))
-            ours.append(_time(lambda: train(cfg, out / f"overhead-{norm}")))
+            ours.append(_time(lambda: train(cfg, out / f"overhead-{norm}-{r}")))   # train refuses to reuse a run dir
         o, b = statistics.median(ours), statistics.median(bare)
         rows.append({"bench": "train", "case": f"loop overhead, mlp {norm}, {cfg.steps} steps",
                      "normlab_ms": 1e3 * o / cfg.steps, "torch_ms": 1e3 * b / cfg.steps, "ratio": o / b,
@@ -79,8 +79,8 @@ def bench_ioffe(quick: bool, out: Path) -> list[dict]:
                     eval_samples=1000, checkpoint_every=0, progress=False, verbose=False)
         fixed, full = [], []
         for r in range(3 if quick else 5):
-            fixed.append(_time(lambda: train(TrainConfig(steps=0, **base), out / f"ioffe-{norm}")))
-            full.append(_time(lambda: train(TrainConfig(steps=steps, **base), out / f"ioffe-{norm}")))
+            fixed.append(_time(lambda: train(TrainConfig(steps=0, **base), out / f"ioffe-{norm}-{r}-0")))
+            full.append(_time(lambda: train(TrainConfig(steps=steps, **base), out / f"ioffe-{norm}-{r}")))
         f0, f1 = statistics.median(fixed), statistics.median(full)
         per_step = (f1 - f0) / steps
         total = f0 + 50_000 * per_step
