@@ -302,6 +302,22 @@ def _reproduce(ex, scale: str, only, out: str, seeds: int | None, device: str, j
 
 
 @main.command()
+@click.argument("a", type=click.Path(file_okay=False, exists=True))
+@click.argument("b", type=click.Path(file_okay=False, exists=True))
+def compare(a: str, b: str) -> None:
+    """Verdicts of two reproductions (A and B: --out folders of `normlab reproduce`) part by part; exits 1 when any
+    headline or part differs, e.g. the fast path against NORMLAB_FAST=0."""
+    from .report import compare as _compare, format_compare
+    try:
+        rows = _compare(a, b)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise click.UsageError(f"compare: {e}") from e
+    click.echo(format_compare(rows))
+    if not all(r["same"] for r in rows):
+        raise SystemExit(1)
+
+
+@main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True)
 def demo(out: str, jobs: int) -> None:

@@ -144,3 +144,36 @@ def test_chromium_probe_catches_a_broken_image(report_dir, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
     probe = json.loads(re.search(r'<pre id="normlab-probe">(.*?)</pre>', out, re.S).group(1).replace("&quot;", '"'))
     assert probe["widths"] == [0] and len(probe["errors"]) == 1
+
+
+def _results(out: Path, verdicts: dict[str, tuple[str, dict[str, str]]]) -> Path:
+    """Write DIR/results/<id>.json with a headline outcome and {part: outcome} for each experiment id."""
+    (out / "results").mkdir(parents=True)
+    for eid, (head, parts) in verdicts.items():
+        checks = [{"key": k, "outcome": v, "shown": f"{k} shown"} for k, v in parts.items()]
+        rec = {"id": eid, "outcome": {"verdict": {"outcome": head, "shown": "h"}, "checks": checks}}
+        (out / "results" / f"{eid}.json").write_text(json.dumps(rec))
+    return out
+
+
+def test_compare_counts_agreement_part_by_part(tmp_path):
+    from click.testing import CliRunner
+    from normlab.cli import main as cli
+    from normlab.report import compare, format_compare
+    a = _results(tmp_path / "a", {"x": ("supported", {"p": "supported", "q": "inconclusive"}),
+                                  "y": ("undecidable", {"r": "undecidable"})})
+    b = _results(tmp_path / "b", {"x": ("supported", {"p": "supported", "q": "not supported"}),
+                                  "z": ("inconclusive", {})})
+    rows = {(r["exp"], r["part"]): r for r in compare(a, b)}
+    assert rows["x", "headline"]["same"] and rows["x", "p"]["same"]
+    assert not rows["x", "q"]["same"] and (rows["x", "q"]["a"], rows["x", "q"]["b"]) == ("inconclusive",
+                                                                                       "not supported")
+    # an experiment or part present on one side only never counts as agreeing
+    assert rows["y", "headline"]["b"] is None and not rows["y", "r"]["same"] and not rows["z", "headline"]["same"]
+    assert format_compare(list(rows.values())).splitlines()[-1] == \
+        "headlines agreeing: 1/3; parts agreeing: 1/3"
+    assert CliRunner().invoke(cli, ["compare", str(a), str(a)]).exit_code == 0
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b)])
+    assert res.exit_code == 1 and "DIFF" in res.output
+    res = CliRunner().invoke(cli, ["compare", str(a), str(tmp_path)])
+    assert res.exit_code == 2 and "no results" in res.output
