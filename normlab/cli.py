@@ -255,7 +255,8 @@ def diagnose(checkpoint: str, what: str, data_root: str | None, split: str, batc
 @click.option("--only", multiple=True, metavar="ID", callback=_check_only,
               help="Experiment id(s) to run (repeat or comma-separate).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [out/reproduce-SCALE].")
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per variant [3 at quick scale].")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds per variant [each experiment's own: 3, or 5 where stated in its module].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker processes (each with cores/jobs torch threads).")

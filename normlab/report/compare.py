@@ -28,7 +28,8 @@ def compare(a: str | Path, b: str | Path) -> list[dict]:
                 parts[c["key"]] = tuple(pair)
         for key, (x, y) in parts.items():
             out = [None if v is None else v["outcome"] for v in (x, y)]
-            rows.append({"exp": exp, "part": key, "a": out[0], "b": out[1], "same": out[0] is not None and out[0] == out[1],
+            rows.append({"exp": exp, "part": key, "a": out[0], "b": out[1],
+                         "same": out[0] is not None and out[0] == out[1],
                          "shown_a": (x or {}).get("shown", ""), "shown_b": (y or {}).get("shown", "")})
     return rows
 
